@@ -1,0 +1,79 @@
+"""Segmentation metrics from one dataset-level confusion matrix.
+
+The four metrics of FCN (Long et al. CVPR'15, Sec. 5 "Metrics"), with n_ij the number of pixels
+of class i predicted as class j, t_i = sum_j n_ij the pixels of class i, and n_cl classes:
+
+- pixel accuracy          sum_i n_ii / sum_i t_i
+- mean accuracy           (1/n_cl) sum_i n_ii / t_i
+- mean IU                 (1/n_cl) sum_i n_ii / (t_i + sum_j n_ji - n_ii)
+- frequency weighted IU   (sum_k t_k)^-1 sum_i t_i n_ii / (t_i + sum_j n_ji - n_ii)
+
+Classes that never occur in the labels nor the predictions of the whole evaluation set have an
+undefined IU and are left out of the means (n_cl counts the others); mean accuracy averages over
+classes present in the labels. Everything is computed from a single confusion matrix
+accumulated over the dataset (torchmetrics ``MulticlassConfusionMatrix`` with
+``ignore_index=255``, summed across processes) — never an average of per-image or per-batch IoUs,
+which weights small images and rare classes differently and is not what the papers report.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from datamodules.constants import IGNORE_INDEX
+
+
+class ConfusionMatrix(MulticlassConfusionMatrix):
+    """``MulticlassConfusionMatrix(ignore_index=255)`` that rejects labels outside the classes.
+
+    torchmetrics only fails with an opaque reshape error on such labels (or, with other shapes,
+    could count them in a wrong cell); a label that is neither a class nor 255 means the data or
+    ``num_classes`` is wrong, and the run must stop saying so.
+    """
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        bad = (target != IGNORE_INDEX) & ((target < 0) | (target >= self.num_classes))
+        if bad.any():
+            values = sorted(set(target[bad].unique().tolist()))[:10]
+            raise ValueError(
+                f"target labels {values} are outside 0..{self.num_classes - 1} and are not the "
+                f"ignore label {IGNORE_INDEX}: check the dataset and num_classes"
+            )
+        super().update(preds, target)
+
+
+def confusion_matrix_metric(num_classes: int) -> ConfusionMatrix:
+    """The dataset-level confusion matrix: rows = label, columns = prediction, 255 ignored."""
+    return ConfusionMatrix(num_classes=num_classes, ignore_index=IGNORE_INDEX)
+
+
+def metrics_from_confusion(cm: torch.Tensor) -> dict[str, object]:
+    """FCN's four metrics (as fractions in [0, 1]) and per-class IoU from a C×C count matrix.
+
+    Returns ``pixel_acc``, ``mean_acc``, ``miou``, ``fwiou`` (floats) and ``iou_per_class``,
+    ``acc_per_class`` (lists with ``nan`` for classes whose value is undefined).
+    """
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square C×C, got shape {tuple(cm.shape)}")
+    cm = cm.double()
+    tp = cm.diag()
+    label_count = cm.sum(1)  # t_i
+    pred_count = cm.sum(0)
+    union = label_count + pred_count - tp
+    total = label_count.sum()
+    nan = torch.tensor(float("nan"), dtype=cm.dtype)
+    iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
+    acc = torch.where(label_count > 0, tp / label_count.clamp(min=1), nan)
+    present = union > 0
+    if total == 0:
+        raise ValueError("confusion matrix is empty: no labelled (non-255) pixel was evaluated")
+    freq = label_count / total
+    return {
+        "pixel_acc": float(tp.sum() / total),
+        "mean_acc": float(acc[label_count > 0].mean()),
+        "miou": float(iou[present].mean()),
+        "fwiou": float((freq[present] * iou[present]).sum()),
+        "iou_per_class": iou.tolist(),
+        "acc_per_class": acc.tolist(),
+    }
