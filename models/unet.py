@@ -1,0 +1,303 @@
+"""U-Net (Ronneberger, Fischer & Brox, MICCAI 2015): Fig. 1 network, Fig. 2 overlap-tile strategy.
+
+Fig. 1: each level of the contracting path is two 3×3 convs + ReLU, then a 2×2 max pool with
+stride 2; level ``k`` has ``base_channels · 2^k`` channels. The expanding path up-samples by a 2×2
+"up-convolution" that halves the channels, concatenates the centre-cropped feature map of the same
+level, applies two 3×3 convs + ReLU, and a final 1×1 conv maps to the classes. With the paper's
+unpadded ("valid") convs a 572² input tile gives a 388² output (``valid_output_size(572) == 388``);
+for ``in_channels=1, num_classes=2`` the network has 31,030,658 parameters.
+
+Knobs:
+- ``depth``: number of poolings (4 in the paper); ``base_channels``/``width``: channel widths.
+- ``padding``: ``"valid"`` (paper: no padding, output smaller than input, skips centre-cropped) or
+  ``"same"`` (zero-padded 3×3 convs, the common modern variant).
+- ``upsampling``: ``"transposed"`` (paper's 2×2 stride-2 up-conv) or ``"bilinear"``: the
+  resize-convolution of Odena et al. 2016 ("Deconvolution and Checkerboard Artifacts"): bilinear
+  ×2 resize and a 1×1 conv halving the channels (the form of jvanvugt/pytorch-unet's
+  ``up_mode="upsample"``). A 1×1 conv keeps the paper's size arithmetic and, being linear and
+  pointwise, commutes with the resize, so it runs first, at low resolution. In ``"valid"`` mode
+  the two border pixels whose bilinear value would be extrapolated are cropped, so no output ever
+  depends on padding and overlap-tiling stays exact.
+- ``batch_norm``: BN after each 3×3 conv (not in the paper). ``dropout``: the paper's "drop-out
+  layers at the end of the contracting path" (Sec. 3.1): after the bottleneck; the paper gives
+  no rate, so the default 0 leaves it off.
+
+``forward(x)`` returns ``{"out": logits at x's H×W}`` for any size. In ``"valid"`` mode it is the
+single-tile overlap-tile strategy: the input is mirror-padded (Fig. 2) by the context margin so
+the valid output covers it, then cropped. Padding is anchored at the top-left (``margin`` rows
+before, the rest after), so the max-pooling grid is the same as in :func:`overlap_tile_predict`,
+whose tiles are placed on multiples of ``2^depth``: tiling then reproduces ``forward`` exactly and
+is purely a memory device. ``"same"`` mode mirror-pads to a multiple of ``2^depth`` and crops.
+
+No ``output_stride`` is declared: U-Net predicts at full resolution, and in valid mode its
+bottleneck is not at a fixed stride of the input (572 → 28), so there is no ``features()``.
+Loss weights of Eq. 2 are :func:`models.unet_weights.unet_weight_map`, re-exported here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.blocks import ConvBNReLU, scale_channels
+from models.unet_weights import unet_weight_map
+
+PADDINGS = ("valid", "same")
+UPSAMPLINGS = ("transposed", "bilinear")
+
+
+def _up_loss(upsampling: str) -> int:
+    """Pixels lost per valid-mode up-sampling (bilinear drops its 2 extrapolated borders)."""
+    if upsampling not in UPSAMPLINGS:
+        raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
+    return 2 if upsampling == "bilinear" else 0
+
+
+def valid_output_size(input_size: int, depth: int = 4, upsampling: str = "transposed") -> int:
+    """Output side of the valid-padded U-Net for input side ``input_size`` (572 → 388, Fig. 1).
+
+    Raises ``ValueError`` for an illegal size: every 2×2 pooling must see an even size (Sec. 2)
+    and every feature map must stay non-empty; :func:`valid_input_size` gives legal sizes.
+    """
+    s, loss = input_size, _up_loss(upsampling)
+    for _ in range(depth):
+        s -= 4  # two unpadded 3×3 convs
+        if s <= 0 or s % 2:
+            raise ValueError(
+                f"{input_size} is not a legal valid-padding input for depth {depth}: a max pool "
+                f"would see size {s}; use valid_input_size() for legal sizes"
+            )
+        s //= 2
+    s -= 4
+    for _ in range(depth):
+        if s <= 0:
+            break
+        s = 2 * s - loss - 4
+    if s <= 0:
+        raise ValueError(f"input {input_size} is too small for depth {depth}: empty output")
+    return s
+
+
+def valid_input_size(output_size: int, depth: int = 4, upsampling: str = "transposed") -> int:
+    """Smallest legal input side whose valid output side is at least ``output_size``.
+
+    Legal inputs are ``2^d·(b + 4) + 4·(2^d − 1)`` for a bottleneck side ``b`` ≥ 1 (d = depth).
+    """
+    b = 1
+    while True:
+        size = 2**depth * (b + 4) + 4 * (2**depth - 1)
+        try:
+            if valid_output_size(size, depth, upsampling) >= output_size:
+                return size
+        except ValueError:  # output still empty for this small bottleneck
+            pass
+        b += 1
+
+
+def _reflect_index(n: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+    idx = torch.arange(-before, n + after, device=device)
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = idx.remainder(period)
+    return torch.where(idx >= n, period - idx, idx)
+
+
+def mirror_pad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """Mirror (``"reflect"``, edge not repeated) padding ``(left, right, top, bottom)`` of any size.
+
+    Equals ``F.pad(x, pad, mode="reflect")`` where that is defined; larger pads continue the
+    mirroring periodically (the paper's extrapolation "by mirroring", Fig. 2), so small images
+    can receive the 92-pixel context margin.
+    """
+    left, right, top, bottom = pad
+    rows = _reflect_index(x.shape[-2], top, bottom, x.device)
+    cols = _reflect_index(x.shape[-1], left, right, x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    top, left = (x.shape[-2] - height) // 2, (x.shape[-1] - width) // 2
+    return x[..., top : top + height, left : left + width]
+
+
+class DoubleConv(nn.Sequential):
+    """One level of Fig. 1: two 3×3 convs + ReLU (``padding`` 0 = valid, 1 = same), optional BN."""
+
+    def __init__(self, in_channels: int, out_channels: int, padding: int, batch_norm: bool) -> None:
+        layers: list[nn.Module] = []
+        for c in (in_channels, out_channels):
+            if batch_norm:
+                layers.append(ConvBNReLU(c, out_channels, 3, padding=padding))
+            else:
+                layers += [nn.Conv2d(c, out_channels, 3, padding=padding), nn.ReLU(inplace=True)]
+        super().__init__(*layers)
+
+
+class BilinearResize2x(nn.Module):
+    """Bilinear ×2 resize; ``crop_border`` drops the two extrapolated (edge-clamped) pixels."""
+
+    def __init__(self, crop_border: bool) -> None:
+        super().__init__()
+        self.crop_border = crop_border
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return x[..., 1:-1, 1:-1] if self.crop_border else x
+
+
+class UpConv(nn.Sequential):
+    """Up-sampling ×2 that halves the channels: 2×2 up-conv (paper) or resize-convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, upsampling: str, valid: bool) -> None:
+        if upsampling == "transposed":
+            super().__init__(nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2))
+        else:  # 1×1 conv commutes with the resize: run it at low resolution
+            super().__init__(nn.Conv2d(in_channels, out_channels, 1), BilinearResize2x(valid))
+
+
+class UNet(nn.Module):
+    """U-Net of Fig. 1; see the module docstring for the knobs and the valid-padding contract."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        base_channels: int = 64,
+        depth: int = 4,
+        padding: Literal["valid", "same"] = "valid",
+        upsampling: Literal["transposed", "bilinear"] = "transposed",
+        batch_norm: bool = False,
+        width: float = 1.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        _up_loss(upsampling)
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.depth, self.padding, self.upsampling = depth, padding, upsampling
+        valid, pad = padding == "valid", 0 if padding == "valid" else 1
+        chans = [scale_channels(base_channels * 2**k, width) for k in range(depth + 1)]
+        self.encoder = nn.ModuleList()
+        c_in = in_channels
+        for c in chans[:-1]:
+            self.encoder.append(DoubleConv(c_in, c, pad, batch_norm))
+            c_in = c
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = nn.Sequential(
+            DoubleConv(chans[-2], chans[-1], pad, batch_norm), nn.Dropout(dropout)
+        )
+        self.up = nn.ModuleList(
+            UpConv(chans[k + 1], chans[k], upsampling, valid) for k in reversed(range(depth))
+        )
+        self.decoder = nn.ModuleList(
+            DoubleConv(2 * chans[k], chans[k], pad, batch_norm) for k in reversed(range(depth))
+        )
+        self.classifier = nn.Conv2d(chans[0], num_classes, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Sec. 3: Gaussian with std sqrt(2/N), N = incoming nodes of one neuron (k²·C_in)."""
+        for m in self.modules():
+            if isinstance(m, nn.ConvTranspose2d):  # stride = kernel: each output sees C_in inputs
+                nn.init.normal_(m.weight, std=math.sqrt(2.0 / m.in_channels))
+            elif isinstance(m, nn.Conv2d):
+                fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                nn.init.normal_(m.weight, std=math.sqrt(2.0 / fan_in))
+            else:
+                continue
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # --- legal sizes (valid padding) ---------------------------------------------------------
+    def valid_output_size(self, input_size: int) -> int:
+        return valid_output_size(input_size, self.depth, self.upsampling)
+
+    def valid_input_size(self, output_size: int) -> int:
+        return valid_input_size(output_size, self.depth, self.upsampling)
+
+    def context_margin(self) -> int:
+        """Input pixels of context on each side of the valid output (92 for the paper's net)."""
+        size = self.valid_input_size(1)
+        return (size - self.valid_output_size(size)) // 2
+
+    # --- forward ----------------------------------------------------------------------------
+    def _unet(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for level in self.encoder:
+            x = level(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, level, skip in zip(self.up, self.decoder, reversed(skips), strict=True):
+            x = up(x)
+            x = level(torch.cat([center_crop(skip, *x.shape[-2:]), x], dim=1))
+        return self.classifier(x)
+
+    def forward_valid(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw valid-padded output, ``valid_output_size`` of x's sides, centred on the input."""
+        if self.padding != "valid":
+            raise RuntimeError("forward_valid needs padding='valid'")
+        for side in x.shape[-2:]:
+            self.valid_output_size(side)  # raises for illegal sizes
+        return self._unet(x)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = x.shape[-2:]
+        if self.padding == "valid":
+            before = self.context_margin()
+            size_h, size_w = self.valid_input_size(h), self.valid_input_size(w)
+            x = mirror_pad(x, (before, size_w - w - before, before, size_h - h - before))
+            return {"out": self._unet(x)[..., :h, :w]}
+        m = 2**self.depth
+        x = mirror_pad(x, (0, -w % m, 0, -h % m))
+        return {"out": self._unet(x)[..., :h, :w]}
+
+
+@torch.no_grad()
+def overlap_tile_predict(model: UNet, image: torch.Tensor, tile_size: int = 384) -> torch.Tensor:
+    """Overlap-tile inference (Sec. 2, Fig. 2) of a valid-padded U-Net on an arbitrary image.
+
+    ``image`` is C×H×W or N×C×H×W; returns logits at its size (K×H×W or N×K×H×W). Output tiles of
+    side ``tile_size`` (rounded up to a multiple of ``2^depth`` so every tile sees the same pooling
+    grid) partition the image; each is predicted by ``forward_valid`` from its input tile, i.e. the
+    output tile plus the context margin, mirror-padded beyond the image. Each output pixel is
+    written exactly once (added into a zero canvas, so a coverage count is the prediction of an
+    all-ones model), and the result equals ``model(image)["out"]``. Call ``model.eval()`` first.
+    """
+    batched = image.dim() == 4
+    x = image if batched else image[None]
+    h, w = x.shape[-2:]
+    m = 2**model.depth
+    tile = max(m, math.ceil(tile_size / m) * m)
+    in_tile = model.valid_input_size(tile)
+    margin = (in_tile - model.valid_output_size(in_tile)) // 2
+    ny, nx = math.ceil(h / tile), math.ceil(w / tile)
+    x = mirror_pad(x, (margin, nx * tile - w + in_tile - tile - margin,
+                       margin, ny * tile - h + in_tile - tile - margin))
+    out = None
+    for i in range(ny):
+        for j in range(nx):
+            y0, x0 = i * tile, j * tile
+            pred = model.forward_valid(x[..., y0 : y0 + in_tile, x0 : x0 + in_tile])
+            if out is None:
+                out = pred.new_zeros(*pred.shape[:2], ny * tile, nx * tile)
+            out[..., y0 : y0 + tile, x0 : x0 + tile] += pred[..., :tile, :tile]
+    out = out[..., :h, :w]
+    return out if batched else out[0]
+
+
+__all__ = [
+    "UNet",
+    "mirror_pad",
+    "overlap_tile_predict",
+    "unet_weight_map",
+    "valid_input_size",
+    "valid_output_size",
+]
