@@ -1,0 +1,138 @@
+"""One cell of an ablation: (ablation, variant, seed, dataset, preset) → a run directory.
+
+``results/<ablation>/<dataset>-<preset>/<variant>/seed<k>/`` holds ``config.json`` (the resolved
+settings), ``checkpoints/{last,best}.ckpt``, ``logs/`` (CSV metrics) and, once the run finished,
+``metrics.json``. A cell whose ``metrics.json`` exists is skipped; a cell with a ``last.ckpt`` but
+no metrics resumes from it. Files are written atomically (temporary file + rename), so an
+interrupted job never leaves a half-written result that the table would read.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.flop_counter import FlopCounterMode
+
+from experiments.table import write_text_atomic
+from experiments.tracking import Throughput, log_predictions, make_wandb_logger
+from lightning_modules import RECIPES
+from models import build_model
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def count_gflops(model: torch.nn.Module, height: int, width: int) -> float | None:
+    """Forward GFLOPs (multiply-add = 2 FLOPs) of one 3×H×W image, counted on the meta device."""
+    try:
+        meta = copy.deepcopy(model).to("meta").eval()
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            meta(torch.empty(1, 3, height, width, device="meta"))
+        return counter.get_total_flops() / 1e9
+    except Exception as err:  # noqa: BLE001 - a model the meta device cannot run: no figure
+        warnings.warn(f"could not count FLOPs: {err}", stacklevel=2)
+        return None
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_project: str | None,
+             verbose: bool = True) -> dict[str, Any]:
+    """Train and evaluate one cell described by the resolved ``config``; return its metrics."""
+    metrics_file = run_dir / "metrics.json"
+    config_file = run_dir / "config.json"
+    # JSON round trip so tuples/lists compare equal to what was stored.
+    config = json.loads(json.dumps(config, default=str))
+    if config_file.exists():
+        stored = json.loads(config_file.read_text())
+        diffs = config_differences(stored.get("resolved", stored), config["resolved"])
+        if diffs:
+            raise RuntimeError(
+                f"{run_dir} holds a run with different settings ({'; '.join(diffs[:6])}). "
+                f"Use another --out directory, or delete {run_dir} to retrain it."
+            )
+    if metrics_file.exists():
+        if verbose:
+            print(f"[skip] {run_dir} already finished")
+        return json.loads(metrics_file.read_text())
+
+    res = config["resolved"]
+    L.seed_everything(config["seed"], workers=True, verbose=False)
+    datamodule = make_datamodule()
+    num_classes = datamodule.num_classes
+    model = build_model(res["model"], num_classes, **res["model_kwargs"])
+    module = RECIPES[res["model"]](model, num_classes, class_names=tuple(datamodule.class_names),
+                                   **res["module"])
+    tr = res["trainer"]
+    ckpt_dir = run_dir / "checkpoints"
+    last_ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                every_n_train_steps=tr["checkpoint_every"])
+    best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/miou", mode="max",
+                                save_top_k=1, save_last=False)
+    throughput = Throughput()
+    loggers: list = [CSVLogger(run_dir, name="logs", version="")]
+    wandb_logger = None
+    if wandb_project:
+        wandb_logger = make_wandb_logger(
+            wandb_project, group=config["ablation"], name=f"{config['variant']}-seed{config['seed']}",
+            run_dir=run_dir, config=config, tags=[config["ablation"], config["dataset"], config["preset"]],
+        )
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
+    world = tr["devices"] * tr["num_nodes"]
+    trainer = L.Trainer(
+        accelerator=tr["accelerator"], devices=tr["devices"], num_nodes=tr["num_nodes"],
+        strategy="ddp" if world > 1 else "auto", sync_batchnorm=tr["sync_batchnorm"] and world > 1,
+        precision=tr["precision"], max_steps=tr["max_steps"], accumulate_grad_batches=tr["accumulate"],
+        val_check_interval=tr["val_every"], check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        callbacks=[last_ckpt, best_ckpt, throughput], logger=loggers, default_root_dir=run_dir,
+        deterministic=tr["deterministic"], log_every_n_steps=tr["log_every"],
+        enable_progress_bar=verbose, enable_model_summary=False,
+    )
+    if trainer.is_global_zero:
+        write_json_atomic(config_file, config)
+    resume = ckpt_dir / "last.ckpt"
+    started = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.exists() else None)
+    trainer.validate(module, datamodule=datamodule, verbose=False)  # final weights, full val set
+    h, w = res["eval_size"]
+    result = {
+        "ablation": config["ablation"], "variant": config["variant"], "seed": config["seed"],
+        "dataset": config["dataset"], "preset": config["preset"],
+        **{k: v for k, v in module.last_metrics.items()},
+        "eval_mode": res["module"].get("eval_mode", "whole"),
+        "crf": res["module"].get("crf"),
+        "params": sum(p.numel() for p in model.parameters()),
+        "gflops": count_gflops(model, h, w), "eval_size": [h, w],
+        "train_images_per_s": throughput.images_per_second(),
+        "global_batch": res["data"]["batch_size"] * world * tr["accumulate"],
+        "steps": trainer.global_step, "train_time_s": round(time.time() - started, 1),
+        "train_size": getattr(datamodule, "train_size", None),
+    }
+    if wandb_logger is not None and trainer.is_global_zero:
+        wandb_logger.experiment.summary["best_val_miou"] = float(best_ckpt.best_model_score or 0)
+        log_predictions(wandb_logger, module, datamodule, datamodule.class_names)
+        wandb_logger.experiment.finish()
+    if trainer.is_global_zero:
+        write_json_atomic(metrics_file, result)
+    return result

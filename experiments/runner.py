@@ -1,0 +1,233 @@
+"""The shared experiment runner: every ablation script hands its :class:`Ablation` to :func:`main`.
+
+A run is one cell (ablation, variant, seed, dataset, preset); see ``experiments/cell.py`` for
+the run directory and resume rules and ``experiments/table.py`` for the results table.
+
+Presets:
+- ``smoke`` (default without --data-root): the ablation's synthetic diagnostic task, the paper's
+  topology with channel ``width`` scaled down, trained from scratch with AdamW for a few hundred
+  steps on a CPU. It checks that the comparison runs end to end and shows the *direction* of an
+  effect on a task built to expose it; its numbers are not comparable to the paper's.
+- ``paper``: the paper's recipe (crop, batch, iterations, learning rates, schedule,
+  augmentation, ImageNet-pretrained backbone) on the paper's dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+from experiments.cell import run_cell
+from experiments.spec import Ablation
+from experiments.table import collect_rows, render_csv, render_markdown, write_text_atomic
+
+SMOKE: dict[str, Any] = {
+    "width": 0.125,
+    "pretrained": False,
+    "data": {"batch_size": 8, "val_batch_size": 16, "num_workers": 0, "augment": "flip"},
+    "module": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "head_lr_mult": 1.0,
+               "bias_lr_mult": 1.0, "poly_power": 0.9, "warmup_steps": 20},
+    "trainer": {"max_steps": 300, "val_every": 300, "checkpoint_every": 100, "deterministic": True,
+                "precision": "32-true", "log_every": 10},
+    "seeds": [0, 1],
+}
+PAPER: dict[str, Any] = {
+    "width": 1.0,
+    "pretrained": True,
+    "data": {"num_workers": 8, "val_batch_size": 1},
+    "module": {},
+    "trainer": {"val_every": 2000, "checkpoint_every": 500, "deterministic": False,
+                "precision": "32-true", "log_every": 50},
+    "seeds": [0, 1, 2],
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_args(ablation: Ablation, argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=ablation.title)
+    p.add_argument("command", nargs="?", default="run", choices=["run", "collect"],
+                   help="run the cells (default) or only collect the table from finished cells")
+    p.add_argument("--data", choices=["synthetic", "voc", "ade20k"], default="synthetic")
+    p.add_argument("--data-root", type=Path, help="folder containing VOCdevkit / ADEChallengeData2016")
+    p.add_argument("--preset", choices=["smoke", "paper"], help="default: smoke for synthetic data, else paper")
+    p.add_argument("--variants", nargs="+", help="subset of variants to run (default: all)")
+    p.add_argument("--variant", help="run exactly one variant (with --seed: one cell, e.g. a job-array task)")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: smoke 0 1, paper 0 1 2)")
+    p.add_argument("--seed", type=int, help="run exactly one seed")
+    p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--precision", help="e.g. 32-true, bf16-mixed, 16-mixed")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int, help="per-device batch size")
+    p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--no-sync-batchnorm", action="store_true", help="keep per-process BatchNorm under DDP")
+    p.add_argument("--eval-mode", choices=["whole", "ms_flip", "sliding"])
+    p.add_argument("--crf", action="store_true", help="also report results after dense CRF")
+    p.add_argument("--width", type=float, help="channel width multiplier")
+    p.add_argument("--pretrained", help="'true', 'false' or a path to timm backbone weights")
+    p.add_argument("--workers", type=int, help="data loader workers per process")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--logger", choices=["csv", "wandb"], default="csv")
+    p.add_argument("--wandb-project", default="segmentation-ablations")
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    for option, (choices, default, _) in ablation.options.items():
+        p.add_argument(f"--{option}", choices=choices, default=default)
+    args = p.parse_args(argv)
+    if args.data != "synthetic" and args.data_root is None:
+        p.error(f"--data {args.data} needs --data-root (the folder that contains the dataset; see README)")
+    args.preset = args.preset or ("smoke" if args.data == "synthetic" else "paper")
+    return args
+
+
+def dataset_key(ablation: Ablation, args: argparse.Namespace) -> str:
+    name = f"synthetic_{ablation.synthetic_task}" if args.data == "synthetic" else args.data
+    return f"{name}-{args.preset}"
+
+
+def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, variants: dict) -> dict:
+    """The complete settings of one cell: preset ⊕ ablation recipe ⊕ command-line overrides."""
+    base = SMOKE if args.preset == "smoke" else PAPER
+    recipe = merge(base, ablation.smoke_recipe if args.preset == "smoke" else ablation.paper_recipe)
+    variant = variants[variant_name]
+    data, module, trainer = dict(recipe["data"]), dict(recipe["module"]), dict(recipe["trainer"])
+    if args.batch_size:
+        data["batch_size"] = args.batch_size
+    if args.workers is not None:
+        data["num_workers"] = args.workers
+    if args.max_steps:
+        trainer["max_steps"] = args.max_steps
+        trainer["val_every"] = min(trainer["val_every"], args.max_steps)
+    if args.precision:
+        trainer["precision"] = args.precision
+    if args.eval_mode:
+        module["eval_mode"] = args.eval_mode
+    if module.get("eval_mode") == "sliding":
+        module.setdefault("eval_crop", data.get("crop_size"))
+    if args.crf:
+        from dataclasses import asdict
+
+        from lightning_modules.crf import CRFParams
+
+        module["crf"] = asdict(CRFParams(**module.get("crf", {}) or {}))
+    if args.channels_last:
+        module["channels_last"] = True
+    width = args.width if args.width is not None else recipe["width"]
+    pretrained: Any = recipe["pretrained"]
+    if args.pretrained is not None:
+        pretrained = {"true": True, "false": False}.get(args.pretrained.lower(), args.pretrained)
+    world = args.devices * args.num_nodes
+    trainer.update(devices=args.devices, num_nodes=args.num_nodes, accelerator=args.accelerator,
+                   accumulate=args.accumulate, sync_batchnorm=not args.no_sync_batchnorm and world > 1)
+    if args.data == "synthetic":  # record the task's image size in the config explicitly
+        from datamodules.synthetic import SYNTHETIC_TASKS
+
+        data.setdefault("image_size", SYNTHETIC_TASKS[ablation.synthetic_task].default_image_size)
+    eval_size = recipe.get("eval_size") or data.get("image_size") or data.get("crop_size")
+    if isinstance(eval_size, int):
+        eval_size = [eval_size, eval_size]
+    return {
+        "model": variant.model,
+        "model_kwargs": {**variant.kwargs, "width": width, "pretrained": pretrained},
+        "data": data, "module": module, "trainer": trainer, "eval_size": eval_size,
+        "paper_batch": recipe.get("paper_batch"),
+    }
+
+
+def datamodule_factory(ablation: Ablation, args: argparse.Namespace, data: dict[str, Any]):
+    def make():
+        if args.data == "synthetic":
+            from datamodules.synthetic import build_synthetic_datamodule
+
+            return build_synthetic_datamodule(ablation.synthetic_task, **data)
+        if args.data == "voc":
+            from datamodules.voc import VOCDataModule
+
+            return VOCDataModule(args.data_root, **data)
+        from datamodules.ade20k import ADE20KDataModule
+
+        return ADE20KDataModule(args.data_root, **data)
+
+    return make
+
+
+def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(ablation, argv)
+    variants = dict(ablation.variants)
+    for option, (_, _, make_variants) in ablation.options.items():
+        variants = make_variants(getattr(args, option))
+    ablation = copy.copy(ablation)
+    ablation.variants = variants
+    names = [args.variant] if args.variant else (args.variants or list(variants))
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; this ablation has {list(variants)}")
+    preset_seeds = (SMOKE if args.preset == "smoke" else PAPER)["seeds"]
+    seeds = [args.seed] if args.seed is not None else (args.seeds or preset_seeds)
+    out_dir = args.out / ablation.name / dataset_key(ablation, args)
+    smoke_note = (
+        f"SMOKE PRESET: synthetic '{ablation.synthetic_task}' task, width-scaled networks trained from "
+        f"scratch on the CPU. It shows the direction of an effect on a task built to expose it; "
+        f"the numbers are NOT comparable to the paper column."
+    )
+    if args.preset == "smoke" and args.command == "run":
+        print("=" * 100 + f"\n{smoke_note}\n" + "=" * 100)
+    is_rank_zero = True
+    if args.command == "run":
+        for name in names:
+            for seed in seeds:
+                res = resolve(ablation, args, name, variants)
+                config = {"ablation": ablation.name, "variant": name, "seed": seed,
+                          "dataset": dataset_key(ablation, args), "preset": args.preset, "resolved": res}
+                run_cell(config, out_dir / name / f"seed{seed}", datamodule_factory(ablation, args, res["data"]),
+                         args.wandb_project if args.logger == "wandb" else None, verbose=not args.quiet)
+        import os
+
+        is_rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    if not is_rank_zero:
+        return []
+    return write_table(ablation, args, list(variants) if args.command == "collect" else names, seeds,
+                       out_dir, smoke_note if args.preset == "smoke" else None)
+
+
+def write_table(ablation: Ablation, args, names: list[str], seeds: list[int], out_dir: Path,
+                smoke_note: str | None) -> list[dict]:
+    same_data = args.data == ablation.paper_data
+    keys = ["val"] + (["val_crf"] if args.crf else [])
+    text, rows_all = [], []
+    for key in keys:
+        rows = collect_rows(ablation, names, seeds, out_dir, key)
+        if not same_data:
+            for r in rows:
+                r["delta"] = None
+        title = f"{ablation.title} — {dataset_key(ablation, args)}" + (" (after dense CRF)" if key == "val_crf" else "")
+        if smoke_note:
+            title = f"[SMOKE] {title}"
+        notes = ([smoke_note] if smoke_note else []) + [
+            "mIoU, pixel acc, mean acc and fwIoU in %, from one dataset-level confusion matrix per run; "
+            "std is the sample standard deviation over seeds.",
+            "Δ = ours − paper, shown only when the data is the paper's dataset"
+            + ("" if same_data else f" (paper: {ablation.paper_data}; here: {args.data})") + ".",
+            f"Seeds requested: {seeds}. GFLOPs: one forward pass at the eval size, multiply-add = 2 FLOPs.",
+        ]
+        text.append(render_markdown(title, rows, notes))
+        write_text_atomic(out_dir / ("results.csv" if key == "val" else "results_crf.csv"), render_csv(rows))
+        rows_all += rows
+    markdown = "\n".join(text)
+    write_text_atomic(out_dir / "results.md", markdown)
+    print("\n" + markdown)
+    print(f"(written to {out_dir / 'results.md'} and results.csv)")
+    if args.logger == "wandb":
+        from experiments.tracking import log_results_table
+
+        log_results_table(args.wandb_project, ablation.name, dataset_key(ablation, args), rows_all, out_dir)
+    return rows_all

@@ -1,0 +1,135 @@
+"""Logging for the runner: CSV always, Weights & Biases on request, and a throughput meter.
+
+W&B on shared machines and clusters must never stop a job: without an API key (environment
+``WANDB_API_KEY`` or ``wandb login``) the run switches to offline mode and says how to upload it
+later with ``wandb sync``; the key is checked with ``wandb.login(prompt=False)``, which never
+prompts, so an attached terminal cannot block the job either. Lightning's loggers write from
+rank 0 only. Runs of one ablation share the W&B ``group`` (the ablation name) and are named
+``<variant>-seed<k>``, so the dashboard groups the seeds of a variant and compares variants.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+
+def wandb_mode() -> str:
+    """'online', 'offline' or 'disabled': WANDB_MODE if set, else online only with a key."""
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode in ("online", "offline", "disabled", "dryrun"):
+        return "offline" if mode == "dryrun" else mode
+    import wandb
+
+    try:
+        has_key = bool(wandb.login(prompt=False, verify=False))
+    except Exception:  # noqa: BLE001 - any failure to find credentials means: no key
+        has_key = False
+    return "online" if has_key else "offline"
+
+
+def make_wandb_logger(project: str, group: str, name: str, run_dir: Path, config: dict[str, Any],
+                      tags: list[str]):
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = wandb_mode()
+    if mode == "disabled":
+        return None
+    id_file = run_dir / "wandb_id.txt"
+    # The run id lives beside the checkpoint, so a resumed (requeued) job continues the same run.
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    if run_id is None:
+        import wandb
+
+        run_id = wandb.util.generate_id()
+        id_file.write_text(run_id + "\n")
+    if mode == "offline":
+        print(
+            f"W&B: no API key found, logging OFFLINE to {run_dir / 'wandb'}.\n"
+            f"     Upload later with: wandb sync {run_dir / 'wandb'}/offline-run-*"
+        )
+    return WandbLogger(
+        project=project, group=group, name=name, id=run_id, resume="allow", save_dir=str(run_dir),
+        offline=mode == "offline", config=config, tags=tags, job_type="train",
+    )
+
+
+class Throughput(L.Callback):
+    """Training images per second over all processes, on rank 0's wall clock.
+
+    Counts the time from one training batch's end to the next one's (data loading, forward,
+    backward, optimiser step), skipping the first ``warmup`` steps (allocation, worker start-up)
+    and any interval that contained a validation run or a checkpoint.
+    """
+
+    def __init__(self, warmup: int = 3) -> None:
+        self.warmup = warmup
+        self.images = 0
+        self.seconds = 0.0
+        self.steps = 0
+        self.last: float | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self.steps += 1
+        if self.last is not None and self.steps > self.warmup:
+            self.seconds += now - self.last
+            self.images += batch[0].shape[0] * trainer.world_size
+        self.last = now
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.last = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.last = None
+
+    def images_per_second(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 else None
+
+
+def log_predictions(logger, module, datamodule, class_names, max_images: int = 4) -> None:
+    """A few validation predictions as W&B mask overlays (ground truth and prediction)."""
+    import wandb
+
+    from lightning_modules.crf import denormalize
+
+    module.eval()
+    labels = {i: n for i, n in enumerate(class_names)}
+    images, shown = [], 0
+    with torch.no_grad():
+        for batch_images, masks in datamodule.val_dataloader():
+            scores = module.predict_scores(batch_images.to(module.device))
+            preds = scores.argmax(1).cpu()
+            rgb = denormalize(batch_images, module.hparams.mean, module.hparams.std).numpy()
+            for i in range(len(rgb)):
+                images.append(wandb.Image(rgb[i], masks={
+                    "prediction": {"mask_data": preds[i].numpy(), "class_labels": labels},
+                    "ground_truth": {"mask_data": masks[i].numpy(), "class_labels": {**labels, 255: "void"}},
+                }))
+                shown += 1
+                if shown >= max_images:
+                    logger.experiment.log({"val/predictions": images})
+                    return
+    if images:
+        logger.experiment.log({"val/predictions": images})
+
+
+def log_results_table(project: str, group: str, dataset: str, rows: list[dict], out_dir: Path) -> None:
+    """The collected results table as a ``wandb.Table`` in a 'summary' run of the ablation's group."""
+    import wandb
+
+    mode = wandb_mode()
+    if mode == "disabled":
+        return
+    columns = ["variant", "miou_mean", "miou_std", "n", "paper_miou", "paper_ref", "delta", "pixel_acc",
+               "mean_acc", "fwiou", "params", "gflops", "train_images_per_s", "eval_mode"]
+    table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+    run = wandb.init(project=project, group=group, name=f"{group}-{dataset}-table", job_type="summary",
+                     dir=str(out_dir), mode=mode, reinit="finish_previous")
+    run.log({"results": table})
+    run.finish()
