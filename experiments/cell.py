@@ -72,8 +72,7 @@ def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_proje
                 f"Use another --out directory, or delete {run_dir} to retrain it."
             )
     if metrics_file.exists():
-        if verbose:
-            print(f"[skip] {run_dir} already finished")
+        print(f"[skip] {run_dir} already finished")
         return json.loads(metrics_file.read_text())
 
     res = config["resolved"]

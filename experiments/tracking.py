@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,12 @@ def make_wandb_logger(project: str, group: str, name: str, run_dir: Path, config
     mode = wandb_mode()
     if mode == "disabled":
         return None
+    run_dir.mkdir(parents=True, exist_ok=True)
     id_file = run_dir / "wandb_id.txt"
     # The run id lives beside the checkpoint, so a resumed (requeued) job continues the same run.
     run_id = id_file.read_text().strip() if id_file.exists() else None
     if run_id is None:
-        import wandb
-
-        run_id = wandb.util.generate_id()
+        run_id = uuid.uuid4().hex[:12]  # W&B ids: lowercase letters and digits
         id_file.write_text(run_id + "\n")
     if mode == "offline":
         print(
@@ -55,7 +55,9 @@ def make_wandb_logger(project: str, group: str, name: str, run_dir: Path, config
         )
     return WandbLogger(
         project=project, group=group, name=name, id=run_id, resume="allow", save_dir=str(run_dir),
-        offline=mode == "offline", config=config, tags=tags, job_type="train",
+        # `mode=` rather than Lightning's offline=True, which sets the WANDB_MODE=dryrun that
+        # current wandb no longer honours (it then asks for a login).
+        mode=mode, config=config, tags=tags, job_type="train",
     )
 
 

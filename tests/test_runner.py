@@ -1,0 +1,123 @@
+"""The experiment runner end to end on a tiny synthetic config (seconds per cell)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from experiments.runner import main
+from experiments.spec import Ablation, Variant, load_paper_numbers
+
+TINY = Ablation(
+    name="tiny",
+    title="tiny FCN check",
+    synthetic_task="thin",
+    variants={
+        "32s": Variant("fcn32s", {}, "fcn.table2.fcn32s"),
+        "8s": Variant("fcn8s", {}, "fcn.table2.fcn8s"),
+    },
+    paper_data="voc",
+    smoke_recipe={"width": 0.0625, "data": {"num_train": 8, "num_val": 5, "image_size": 64, "batch_size": 4,
+                                            "val_batch_size": 4},
+                  "trainer": {"max_steps": 3, "val_every": 3, "checkpoint_every": 2}},
+)
+
+
+def run(tmp_path: Path, *extra: str) -> list[dict]:
+    return main(TINY, ["--out", str(tmp_path), "--quiet", *extra])
+
+
+def cell(tmp_path, variant, seed):
+    return tmp_path / "tiny" / "synthetic_thin-smoke" / variant / f"seed{seed}"
+
+
+def test_sweep_writes_cells_and_table(tmp_path):
+    rows = run(tmp_path, "--seeds", "0", "1")
+    assert [r["variant"] for r in rows] == ["32s", "8s"] and all(r["n"] == 2 for r in rows)
+    for variant in ("32s", "8s"):
+        for seed in (0, 1):
+            d = cell(tmp_path, variant, seed)
+            metrics = json.loads((d / "metrics.json").read_text())
+            assert metrics["steps"] == 3 and metrics["eval_mode"] == "whole"
+            assert {"miou", "pixel_acc", "mean_acc", "fwiou"} <= set(metrics["val"])
+            assert metrics["params"] > 0 and metrics["gflops"] > 0
+            assert (d / "config.json").exists() and (d / "checkpoints" / "last.ckpt").exists()
+    table = (tmp_path / "tiny" / "synthetic_thin-smoke" / "results.md").read_text()
+    assert "[SMOKE]" in table and "NOT comparable" in table and "(n=2)" in table
+    assert "59.40 (Long et al., CVPR 2015, Table 2)" in table
+    csv_text = (tmp_path / "tiny" / "synthetic_thin-smoke" / "results.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("variant,miou_mean,miou_std,n")
+    # mean/std are those of the cells
+    m = [json.loads((cell(tmp_path, "8s", s) / "metrics.json").read_text())["val"]["miou"] for s in (0, 1)]
+    assert rows[1]["miou_mean"] == pytest.approx(sum(m) / 2)
+
+
+def test_rerun_skips_finished_and_resumes_unfinished(tmp_path, capsys):
+    run(tmp_path, "--variant", "32s", "--seed", "0")
+    done = cell(tmp_path, "32s", 0) / "metrics.json"
+    stamp = done.stat().st_mtime_ns
+    run(tmp_path, "--variant", "32s", "--seed", "0")
+    assert done.stat().st_mtime_ns == stamp and "[skip]" in capsys.readouterr().out
+    # an unfinished cell (checkpoint, no metrics) resumes from last.ckpt instead of restarting
+    done.unlink()
+    run(tmp_path, "--variant", "32s", "--seed", "0")
+    metrics = json.loads(done.read_text())
+    assert metrics["steps"] == 3 and metrics["train_images_per_s"] is None  # no step was retrained
+
+
+def test_collect_marks_missing_cells(tmp_path):
+    run(tmp_path, "--variant", "8s", "--seed", "1")
+    rows = run(tmp_path, "collect", "--seeds", "0", "1")
+    by = {r["variant"]: r for r in rows}
+    assert by["32s"]["n"] == 0 and by["32s"]["missing_seeds"] == [0, 1]
+    assert by["8s"]["n"] == 1 and by["8s"]["missing_seeds"] == [0]
+    table = (tmp_path / "tiny" / "synthetic_thin-smoke" / "results.md").read_text()
+    assert "missing (2 seeds)" in table and "missing seeds [0]" in table
+
+
+def test_changed_settings_refuse_to_mix_with_old_results(tmp_path):
+    run(tmp_path, "--variant", "32s", "--seed", "0")
+    with pytest.raises(RuntimeError, match="different settings.*max_steps"):
+        run(tmp_path, "--variant", "32s", "--seed", "0", "--max-steps", "2")
+
+
+def test_unknown_variant_and_missing_data_root_are_clear_errors(tmp_path):
+    with pytest.raises(SystemExit, match="unknown variant"):
+        run(tmp_path, "--variant", "16s")
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--data", "voc")
+
+
+def test_every_paper_key_of_the_scripts_exists():
+    import importlib.util
+
+    numbers = load_paper_numbers()
+    for script in Path("experiments").glob("*_ablation.py"):
+        spec = importlib.util.spec_from_file_location(script.stem, script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        ablation = module.ABLATION
+        sets = [ablation.variants] + [make(c) for choices, _, make in ablation.options.values() for c in choices]
+        for variants in sets:
+            for name, v in variants.items():
+                assert v.paper in numbers, f"{script.name}: {name} cites unknown {v.paper}"
+
+
+@pytest.mark.slow
+def test_wandb_offline_without_key_and_disabled(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc credentials
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandbcfg"))
+    run(tmp_path / "off", "--variant", "32s", "--seed", "0", "--logger", "wandb")
+    out = capsys.readouterr().out
+    assert "OFFLINE" in out and "wandb sync" in out
+    d = cell(tmp_path / "off", "32s", 0)
+    assert list((d / "wandb").glob("offline-run-*/run-*.wandb")), "offline run file missing"
+    assert (d / "wandb_id.txt").read_text().strip() in str(next((d / "wandb").glob("offline-run-*")))
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run(tmp_path / "dis", "--variant", "32s", "--seed", "0", "--logger", "wandb")
+    assert not (cell(tmp_path / "dis", "32s", 0) / "wandb").exists()
+    assert os.environ["WANDB_MODE"] == "disabled"
