@@ -1,0 +1,260 @@
+"""The LightningDataModule every dataset here (real and synthetic) derives from.
+
+A subclass declares ``num_classes``, ``class_names`` and ``palette`` and implements
+``make_datasets(stage)``, setting raw datasets ``self.train_set`` / ``self.val_set`` (and
+optionally ``self.test_set``, which defaults to the validation set) whose items are
+(uint8 3×H×W image, int64 H×W mask). This class adds the joint transforms and the loaders:
+
+- train: random crops of ``crop_size`` (``augment`` recipe, see ``datamodules.transforms``),
+  shuffled by a generator seeded with ``seed``, ``drop_last``, and ``seed_worker`` giving every
+  worker of every rank its own deterministic numpy/random/torch seeds;
+- val/test: full images, original-resolution masks, no shuffling; ``pad_collate`` pads a batch
+  to its largest image (image with 0 after normalisation, i.e. the mean colour, mask with
+  ``IGNORE_INDEX``), so ``val_batch_size=1`` (the default) evaluates exactly as the papers do.
+  Under DDP they use ``UnpaddedDistributedSampler``: rank r gets indices r, r+W, r+2W, ... and
+  nothing is duplicated, so each image is counted once (VOC val has an odd 1,449 images;
+  torch's ``DistributedSampler`` would repeat one). Ranks may then run different numbers of
+  validation steps: metrics must sync once per epoch (torchmetrics' confusion matrix), never
+  with a per-step ``self.log(..., sync_dist=True)``, which would wait for the missing step.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from datamodules.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from datamodules.transforms import AUGMENTATIONS, eval_transforms, train_transforms
+
+__all__ = [
+    "SegmentationDataModule",
+    "TransformedDataset",
+    "UnpaddedDistributedSampler",
+    "pad_collate",
+    "seed_worker",
+]
+
+log = logging.getLogger(__name__)
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Rank ``r`` of ``W`` gets indices ``r, r+W, ...``: no padding, no duplicates, in order.
+
+    A ``DistributedSampler`` subclass so that Lightning keeps it (``_requires_distributed_sampler``
+    in lightning/pytorch/trainer/connectors/data_connector.py only replaces samplers that are not
+    ``DistributedSampler`` instances). For evaluation only: ranks may get one item less.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None):
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False
+        )
+        self.total_size = len(self.dataset)
+        self.num_samples = len(range(self.rank, self.total_size, self.num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def seed_worker(worker_id: int, rank: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy, random and torch from the worker's torch seed
+    (the loader's base seed, drawn from its seeded generator, + ``worker_id``) and the global
+    ``rank``, so workers and ranks differ and a rerun with the same seed repeats exactly."""
+    seq = np.random.SeedSequence([torch.initial_seed(), rank, worker_id])
+    s = [int(x) for x in seq.generate_state(4)]
+    torch.manual_seed((s[0] << 32) | s[1])
+    random.seed((s[2] << 32) | s[3])
+    np.random.seed(s[2:4])
+
+
+def pad_collate(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (image, mask) pairs, padding bottom/right to the largest H and W in the batch:
+    images with 0 (the mean colour once normalised), masks with ``IGNORE_INDEX``."""
+    images, masks = zip(*batch, strict=True)
+    h = max(m.shape[-2] for m in masks)
+    w = max(m.shape[-1] for m in masks)
+    if all(tuple(m.shape[-2:]) == (h, w) for m in masks):
+        return torch.stack(images), torch.stack(masks)
+    out_img = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+    out_mask = masks[0].new_full((len(masks), h, w), IGNORE_INDEX)
+    for i, (img, m) in enumerate(zip(images, masks, strict=True)):
+        out_img[i, :, : img.shape[-2], : img.shape[-1]] = img
+        out_mask[i, : m.shape[-2], : m.shape[-1]] = m
+    return out_img, out_mask
+
+
+class TransformedDataset(Dataset):
+    """Apply a joint ``transform(image, mask)`` on top of a raw dataset."""
+
+    def __init__(self, dataset: Dataset, transform) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, mask = self.dataset[index]
+        return self.transform(image, mask)
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Common base; see the module docstring. Subclasses implement ``make_datasets``.
+
+    Args:
+        batch_size: training batch size per process.
+        val_batch_size: evaluation batch size per process (1 = no padding inside a batch).
+        crop_size: training crop, int or (height, width).
+        scale_range: random scale factors for the "deeplab" and "pspnet" recipes.
+        augment: "none" | "flip" | "deeplab" | "pspnet" (see ``datamodules.transforms``).
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        pin_memory: None = ``torch.cuda.is_available()``.
+        persistent_workers: keep workers between epochs (only used when ``num_workers > 0``).
+        seed: seeds the training shuffle and the workers' augmentation RNGs.
+    """
+
+    num_classes: int = 0
+    class_names: tuple[str, ...] = ()
+    palette: list[tuple[int, int, int]] = []
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __init__(
+        self,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        crop_size: int | tuple[int, int] = 321,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        augment: str = "deeplab",
+        num_workers: int = 4,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(
+                f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}"
+            )
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.crop_size = crop_size
+        self.scale_range = tuple(scale_range)
+        self.augment = augment
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.train_size: int | None = None
+        self._train = self._val = self._test = None
+
+    # -- for subclasses -------------------------------------------------------------------
+    def make_datasets(self, stage: str | None) -> None:
+        """Set ``self.train_set`` (for stage None/"fit"), ``self.val_set`` and optionally
+        ``self.test_set``: raw datasets of (uint8 3×H×W, int64 H×W) pairs."""
+        raise NotImplementedError(f"{type(self).__name__} must implement make_datasets(stage)")
+
+    def build_train_transform(self):
+        return train_transforms(
+            self.crop_size, self.scale_range, self.augment, mean=self.mean, std=self.std
+        )
+
+    def build_eval_transform(self):
+        return eval_transforms(self.mean, self.std)
+
+    # -- Lightning hooks ------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        self.make_datasets(stage)
+        if stage in (None, "fit"):
+            if self.train_set is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}.make_datasets({stage!r}) set no train_set"
+                )
+            self.train_size = len(self.train_set)
+            log.info("%s: %d training images", type(self).__name__, self.train_size)
+            self._train = TransformedDataset(self.train_set, self.build_train_transform())
+        if self.val_set is None:
+            raise RuntimeError(f"{type(self).__name__}.make_datasets({stage!r}) set no val_set")
+        eval_tf = self.build_eval_transform()
+        self._val = TransformedDataset(self.val_set, eval_tf)
+        test = self.test_set if self.test_set is not None else self.val_set
+        self._test = TransformedDataset(test, eval_tf)
+
+    def _dist(self) -> tuple[int, int]:
+        """(world_size, global_rank): from torch.distributed when initialised, else the trainer."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            return trainer.world_size, trainer.global_rank
+        return 1, 0
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return dict(
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=pad_collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train is None:
+            raise RuntimeError("call setup('fit') before train_dataloader()")
+        if len(self._train) < self.batch_size:
+            raise ValueError(
+                f"{type(self).__name__}: the training set has {len(self._train)} items, fewer than "
+                f"batch_size={self.batch_size}; with drop_last=True no batch would be produced"
+            )
+        _, rank = self._dist()
+        return DataLoader(
+            self._train,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=functools.partial(seed_worker, rank=rank) if self.num_workers else None,
+            **self._loader_kwargs(),
+        )
+
+    def _eval_loader(self, dataset: Dataset | None, name: str) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"call setup() before {name}_dataloader()")
+        world, rank = self._dist()
+        sampler = UnpaddedDistributedSampler(dataset, world, rank) if world > 1 else None
+        return DataLoader(
+            dataset,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            **self._loader_kwargs(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._val, "val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._test, "test")
