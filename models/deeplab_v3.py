@@ -1,0 +1,219 @@
+"""DeepLab v3 (Chen et al. 2017, arXiv:1706.05587) and DeepLab v3+ (Chen et al. ECCV'18).
+
+DeepLab v3 (Sec. 3.3, Fig. 5): a dilated ResNet at ``output_stride`` 16 or 8 (Table 1) whose last
+block uses ``multi_grid`` rates (Sec. 3.2, Table 3), then Atrous Spatial Pyramid Pooling: a 1×1
+branch, one 3×3 branch per rate in ``atrous_rates`` and, with ``image_pooling``, a global-average
+branch (Table 5), each 256 channels with BatchNorm; concatenated, projected by a 1×1 conv to 256
+(+ BN), and "the final 1×1 convolution which generates the final logits". ``atrous_rates=None``
+gives the paper's (6, 12, 18) at OS 16, "doubled" at OS 8 (in general ``rate · 16 / OS``).
+The projection is followed by dropout 0.1, as in the TF reference (``concat_projection`` with
+``keep_prob=0.9``); the paper does not mention it. torchvision's ``DeepLabHead`` differs: dropout
+0.5 and an extra 3×3 conv between ASPP and classifier. Our :class:`ASPP` keeps torchvision's
+module layout (``convs``, ``project``), so its weights load into ours and the two are compared.
+
+DeepLab v3+ (Sec. 3.1, Fig. 2): ASPP output at stride 16 (or 8) → bilinear upsampling to the
+stride-4 low-level features, which first go through a 1×1 conv to ``low_level_channels`` (48;
+Table 1) + BN + ReLU; concatenation; ``decoder_convs`` 3×3 convs of ``decoder_channels``
+(2 × 256; Table 2); 1×1 classifier; bilinear upsampling to the input. ``separable`` uses
+atrous depthwise-separable convs (depthwise → BN → ReLU → pointwise → BN → ReLU, Sec. 3.2) in the
+ASPP 3×3 branches and the decoder; ``None`` picks the paper's choice per backbone: True for
+Xception-65 (the final model, Table 5 "SC"), False for ResNet-101 (Table 3).
+Backbones: ``"resnet50"``, ``"resnet101"``, ``"resnet152"`` (:mod:`models.backbones.resnet`, 7×7
+stem, torchvision ImageNet weights) and ``"xception65"`` (:mod:`models.backbones.xception`).
+``multi_grid`` only exists for ResNets; ``None`` means the papers' (1, 2, 4) there (v3 Table 5,
+v3+ Table 3). :class:`DeepLabV3` also accepts ``"xception65"``: the "no decoder" row of v3+ Table 5.
+Bilinear resizing uses ``align_corners=False`` (torchvision); the TF reference uses True.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.backbones.resnet import dilated_resnet
+from models.backbones.xception import aligned_xception65
+from models.blocks import ConvBNReLU, SeparableConv2d, scale_channels
+from models.pretrained import PretrainedArg
+
+
+def resize(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class ASPPPooling(nn.Sequential):
+    """Image-level features: global average pool → 1×1 conv → BN → ReLU → upsample back."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return resize(super().forward(x), x.shape[-2:])
+
+
+class ASPP(nn.Module):
+    """Atrous Spatial Pyramid Pooling with any number of ``atrous_rates`` (DeepLab v3 Fig. 5)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        atrous_rates: tuple[int, ...] = (6, 12, 18),
+        out_channels: int = 256,
+        image_pooling: bool = True,
+        separable: bool = False,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        branches: list[nn.Module] = [ConvBNReLU(in_channels, out_channels, 1)]
+        for rate in atrous_rates:
+            if separable:
+                branches.append(SeparableConv2d(in_channels, out_channels, 3, dilation=rate))
+            else:
+                branches.append(ConvBNReLU(in_channels, out_channels, 3, dilation=rate))
+        if image_pooling:
+            branches.append(ASPPPooling(in_channels, out_channels))
+        self.convs = nn.ModuleList(branches)
+        self.project = nn.Sequential(
+            nn.Conv2d(len(branches) * out_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+        )
+        self.atrous_rates = tuple(atrous_rates)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+
+
+def default_atrous_rates(output_stride: int) -> tuple[int, ...]:
+    """(6, 12, 18) at output stride 16, scaled with the stride: (12, 24, 36) at 8 (v3 Sec. 3.3)."""
+    return tuple(r * 16 // output_stride for r in (6, 12, 18))
+
+
+def build_backbone(
+    backbone: str,
+    output_stride: int,
+    multi_grid: tuple[int, ...] | None,
+    width: float,
+    pretrained: PretrainedArg,
+) -> nn.Module:
+    """``"resnet{50,101,152}"`` (multi-grid default (1, 2, 4)) or ``"xception65"``."""
+    if backbone == "xception65":
+        if multi_grid is not None:
+            raise ValueError("multi_grid applies to ResNet backbones only, not xception65")
+        return aligned_xception65(output_stride, width, pretrained)
+    if backbone.startswith("resnet") and backbone[6:].isdigit():
+        grid = (1, 2, 4) if multi_grid is None else tuple(multi_grid)
+        return dilated_resnet(int(backbone[6:]), output_stride, grid, False, width, pretrained)
+    raise ValueError(
+        f"backbone must be resnet50, resnet101, resnet152 or xception65, got {backbone!r}"
+    )
+
+
+class DeepLabV3(nn.Module):
+    """Dilated backbone → ASPP → 1×1 classifier → bilinear upsampling to the input size."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet101",
+        output_stride: int = 16,
+        atrous_rates: tuple[int, ...] | None = None,
+        multi_grid: tuple[int, ...] | None = None,
+        image_pooling: bool = True,
+        separable: bool | None = None,
+        pretrained: PretrainedArg = False,
+        width: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = build_backbone(backbone, output_stride, multi_grid, width, pretrained)
+        rates = default_atrous_rates(output_stride) if atrous_rates is None else atrous_rates
+        separable = backbone == "xception65" if separable is None else separable
+        channels = scale_channels(256, width)
+        self.aspp = ASPP(self.backbone.channels[-1], rates, channels, image_pooling, separable)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.output_stride = output_stride
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)[-1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.classifier(self.aspp(self.features(x)))
+        return {"out": resize(logits, x.shape[-2:])}
+
+
+class Decoder(nn.Module):
+    """DeepLab v3+ decoder (Fig. 2): reduce low-level features, concat upsampled ASPP, refine."""
+
+    def __init__(
+        self,
+        low_level_in: int,
+        aspp_channels: int,
+        low_level_channels: int = 48,
+        decoder_convs: int = 2,
+        decoder_channels: int = 256,
+        separable: bool = False,
+    ) -> None:
+        super().__init__()
+        if decoder_convs < 0:
+            raise ValueError(f"decoder_convs must be >= 0, got {decoder_convs}")
+        self.reduce = ConvBNReLU(low_level_in, low_level_channels, 1)
+        conv = SeparableConv2d if separable else ConvBNReLU
+        in_channels = aspp_channels + low_level_channels
+        layers = []
+        for _ in range(decoder_convs):
+            layers.append(conv(in_channels, decoder_channels, 3))
+            in_channels = decoder_channels
+        self.refine = nn.Sequential(*layers)
+        self.out_channels = in_channels
+
+    def forward(self, aspp_out: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
+        low_level = self.reduce(low_level)
+        x = torch.cat([resize(aspp_out, low_level.shape[-2:]), low_level], dim=1)
+        return self.refine(x)
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLab v3 encoder + the stride-4 decoder of DeepLab v3+."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "xception65",
+        output_stride: int = 16,
+        atrous_rates: tuple[int, ...] | None = None,
+        multi_grid: tuple[int, ...] | None = None,
+        image_pooling: bool = True,
+        low_level_channels: int = 48,
+        decoder_convs: int = 2,
+        decoder_channels: int = 256,
+        separable: bool | None = None,
+        pretrained: PretrainedArg = False,
+        width: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = build_backbone(backbone, output_stride, multi_grid, width, pretrained)
+        rates = default_atrous_rates(output_stride) if atrous_rates is None else atrous_rates
+        separable = backbone == "xception65" if separable is None else separable
+        channels = scale_channels(256, width)
+        self.aspp = ASPP(self.backbone.channels[-1], rates, channels, image_pooling, separable)
+        self.decoder = Decoder(
+            self.backbone.channels[0], channels, scale_channels(low_level_channels, width),
+            decoder_convs, scale_channels(decoder_channels, width), separable,
+        )
+        self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1)
+        self.output_stride = output_stride
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)[-1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(x)
+        y = self.decoder(self.aspp(feats[-1]), feats[0])
+        return {"out": resize(self.classifier(y), x.shape[-2:])}
