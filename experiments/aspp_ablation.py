@@ -52,6 +52,7 @@ ABLATION = Ablation(
     # DeepLab v2 Sec. 4.1: crop 321, batch 10, 20K iterations, poly; test on 513-padded images.
     paper_recipe={"data": {"crop_size": 321, "batch_size": 10, "scale_range": (0.5, 1.5), "augment": "deeplab"},
                   "trainer": {"max_steps": 20000}, "eval_size": 513, "paper_batch": 10},
+    smoke_recipe={"model": {"batch_norm": True}},
     options={"backbone": (("vgg16", "resnet101"), "vgg16", variants)},
 )
 

@@ -25,6 +25,9 @@ from experiments.table import collect_rows, render_csv, render_markdown, write_t
 
 SMOKE: dict[str, Any] = {
     "width": 0.125,
+    # Extra model kwargs of the smoke preset; e.g. VGG16-BN for the VGG ablations (plain VGG16
+    # does not train from scratch in a few hundred steps).
+    "model": {},
     "pretrained": False,
     "data": {"batch_size": 8, "val_batch_size": 16, "num_workers": 0, "augment": "flip"},
     "module": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "head_lr_mult": 1.0,
@@ -35,6 +38,7 @@ SMOKE: dict[str, Any] = {
 }
 PAPER: dict[str, Any] = {
     "width": 1.0,
+    "model": {},
     "pretrained": True,
     "data": {"num_workers": 8, "val_batch_size": 1},
     "module": {},
@@ -137,7 +141,7 @@ def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, var
         eval_size = [eval_size, eval_size]
     return {
         "model": variant.model,
-        "model_kwargs": {**variant.kwargs, "width": width, "pretrained": pretrained},
+        "model_kwargs": {**variant.kwargs, **recipe.get("model", {}), "width": width, "pretrained": pretrained},
         "data": data, "module": module, "trainer": trainer, "eval_size": eval_size,
         "paper_batch": recipe.get("paper_batch"),
     }

@@ -24,6 +24,9 @@
   ``dropout`` apply to the VGG branches only. BatchNorm freezing (the paper fine-tunes with
   fixed ImageNet statistics) is the training code's choice, not the model's.
 
+``batch_norm=True`` (both models, VGG only) uses VGG16-BN: not in the papers, it exists for the
+from-scratch CPU smoke preset, where plain VGG16 does not train (see ``models/backbones/vgg.py``).
+
 Both return logits bilinearly upsampled to the input (``F.interpolate``, ``align_corners=False``;
 the Caffe ``Interp`` layer aligns corners — at stride 8 the difference is sub-pixel) and
 declare ``output_stride = 8``. Classifier layers (fc8, ASPP convs) are initialised N(0, 0.01²),
@@ -39,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones.resnet import dilated_resnet
-from models.backbones.vgg import TIMM_NAME as VGG16_TIMM_NAME
+from models.backbones.vgg import timm_name as vgg16_timm_name
 from models.backbones.vgg import VGG16, ConvFC
 from models.blocks import scale_channels
 from models.pretrained import PretrainedArg, load_timm_state_dict
@@ -90,12 +93,13 @@ class DeepLabLargeFOV(nn.Module):
         fc6_dilation: int = 12,
         fc6_kernel_size: int = 3,
         dropout: float = 0.5,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if backbone != "vgg16":
             raise ValueError(f"LargeFOV is VGG16-only (backbone='vgg16'), got {backbone!r}")
-        state = load_timm_state_dict(pretrained, VGG16_TIMM_NAME, width)  # fail fast
-        self.backbone = VGG16(width=width, dilated=True, include_fc=False)
+        state = load_timm_state_dict(pretrained, vgg16_timm_name(batch_norm), width)  # fail fast
+        self.backbone = VGG16(width=width, dilated=True, include_fc=False, batch_norm=batch_norm)
         self.pool5a = nn.AvgPool2d(3, stride=1, padding=1)
         self.classifier = VGGBranch(
             self.backbone.channels["pool5"], scale_channels(fc_channels, width), num_classes,
@@ -126,9 +130,12 @@ class DeepLabV2(nn.Module):
         width: float = 1.0,
         fc_channels: int = 1024,
         dropout: float = 0.5,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         atrous_rates = tuple(atrous_rates)
+        if batch_norm and backbone != "vgg16":
+            raise ValueError(f"batch_norm=True selects VGG16-BN; {backbone!r} always has BatchNorm")
         if not atrous_rates or any(int(r) != r or r < 1 for r in atrous_rates):
             raise ValueError(f"atrous_rates must be one or more positive ints, got {atrous_rates}")
         if backbone in RESNET_DEPTHS:
@@ -140,8 +147,8 @@ class DeepLabV2(nn.Module):
                 _classifier(in_ch, num_classes, 3, r) for r in atrous_rates
             )
         elif backbone == "vgg16":
-            state = load_timm_state_dict(pretrained, VGG16_TIMM_NAME, width)  # fail fast
-            self.backbone = VGG16(width=width, dilated=True, include_fc=False)
+            state = load_timm_state_dict(pretrained, vgg16_timm_name(batch_norm), width)  # fail fast
+            self.backbone = VGG16(width=width, dilated=True, include_fc=False, batch_norm=batch_norm)
             fc = scale_channels(fc_channels, width)
             in_ch = self.backbone.channels["pool5"]
             self.branches = nn.ModuleList(

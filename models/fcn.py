@@ -29,6 +29,8 @@ Knobs:
   ``i·s + (s-1)/2`` in input pixels) exactly on the fine cell with the same centre; both maps
   start at pixel 0, so aligning is cropping the upsampled map's bottom/right excess
   (``2·ceil(H/32) ≥ ceil(H/16)``, ``8·ceil(H/8) ≥ H``): no offsets, no interpolation.
+- ``batch_norm`` — VGG16-BN instead of VGG16 (not in the paper; for from-scratch CPU smoke runs,
+  see ``models/backbones/vgg.py``).
 
 Derivation of the Caffe offsets (``coord_map.py`` semantics: a conv/pool with kernel k, stride
 s, pad p maps output x to input ``s·x + (k-1)/2 - p``; a deconv is the inverse). Input pixel
@@ -81,6 +83,7 @@ class FCN(nn.Module):
         learnable_upsampling: bool = True,
         paper_padding: bool = False,
         dropout: float = 0.5,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if backbone != "vgg16":
@@ -96,6 +99,7 @@ class FCN(nn.Module):
             fc6_padding=0 if paper_padding else 3,
             dropout=dropout,
             pretrained=pretrained,
+            batch_norm=batch_norm,
         )
         channels = self.backbone.channels
         self.score_fr = _score(channels["fc7"], num_classes)

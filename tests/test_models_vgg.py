@@ -294,3 +294,27 @@ def test_build_model_entry_points():
     assert isinstance(build_model("deeplab_largefov", 6, width=W), DeepLabLargeFOV)
     v2 = build_model("deeplab_v2", 6, backbone="vgg16", atrous_rates=ASPP_S, width=W)
     assert v2.atrous_rates == ASPP_S and len(v2.branches) == 4
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("fcn8s", {}), ("deeplab_largefov", {}), ("deeplab_v2", {"backbone": "vgg16", "atrous_rates": (2, 4)}),
+])
+def test_vgg16_bn_variant_keeps_topology_and_adds_13_batchnorms(name, kwargs):
+    plain = build_model(name, 3, width=1 / 16, **kwargs)
+    bn = build_model(name, 3, width=1 / 16, batch_norm=True, **kwargs)
+    bns = [m for m in bn.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 13 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    convs = lambda m: [c.weight.shape for c in m.modules() if isinstance(c, torch.nn.Conv2d)]  # noqa: E731
+    assert convs(plain) == convs(bn)
+    check_segmentation_model(bn, 3)
+
+
+def test_vgg16_bn_uses_timm_vgg16_bn_weight_names(tmp_path):
+    path = tmp_path / "vgg16_bn.pth"
+    state = timm.create_model("vgg16_bn", pretrained=False).state_dict()
+    torch.save(state, path)
+    model = VGG16(batch_norm=True, include_fc=False, pretrained=str(path))
+    torch.testing.assert_close(model.features[1].running_var, state["features.1.running_var"])
+    torch.testing.assert_close(model.features[0].weight, state["features.0.weight"])
+    with pytest.raises(ValueError, match="batch_norm=True selects VGG16-BN"):
+        build_model("deeplab_v2", 3, backbone="resnet50", batch_norm=True)

@@ -22,6 +22,12 @@ even sizes at ``H / 2`` where Caffe would add a row.
 
 ``width`` scales every channel count (fc layers included) with :func:`scale_channels`.
 
+``batch_norm=True`` puts BatchNorm after each of the 13 convolutions (conv → BN → ReLU, timm's
+``vgg16_bn`` layout and weight names). Neither FCN nor DeepLab used it (default ``False``); it
+exists because plain VGG16 trained from scratch does not learn within the few hundred CPU steps
+of the smoke preset (measured: predicts only background), while the BN variant with the same
+topology does. The smoke tables say when it is on.
+
 :class:`ConvFC` is fc6 → ReLU → Dropout → fc7 → ReLU → Dropout. Its ``load_imagenet`` copies
 the ImageNet fc6/fc7 in and, when the layer is smaller, subsamples them as DeepLab v1 Sec. 4.1
 describes for its 3×3 (or 4×4) × 1024 fc6 and 1024 fc7 (the reference LargeFOV prototxt starts
@@ -42,6 +48,12 @@ from models.blocks import scale_channels
 from models.pretrained import PretrainedArg, load_matching, load_timm_state_dict
 
 TIMM_NAME = "vgg16.tv_in1k"
+TIMM_NAME_BN = "vgg16_bn.tv_in1k"
+
+
+def timm_name(batch_norm: bool = False) -> str:
+    """The timm ImageNet weights of VGG16 (``batch_norm=True``: VGG16-BN, timm's ``vgg16_bn``)."""
+    return TIMM_NAME_BN if batch_norm else TIMM_NAME
 # Channels of the 13 convs, stage by stage (VGG configuration D); a pool closes each stage.
 STAGES: tuple[tuple[int, ...], ...] = (
     (64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512),
@@ -121,9 +133,11 @@ class VGG16(nn.Module):
         fc6_padding: int = 0,
         dropout: float = 0.5,
         pretrained: PretrainedArg = False,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        state = load_timm_state_dict(pretrained, TIMM_NAME, width)  # fail fast, before allocating
+        self.timm_name = timm_name(batch_norm)
+        state = load_timm_state_dict(pretrained, self.timm_name, width)  # fail fast, before allocating
         layers: list[nn.Module] = []
         self._returned: dict[int, str] = {}  # index in ``features`` -> name of the output
         in_ch = 3
@@ -132,7 +146,8 @@ class VGG16(nn.Module):
             for out_ch in (scale_channels(c, width) for c in widths):
                 pad = first_padding if not layers else rate
                 conv = nn.Conv2d(in_ch, out_ch, 3, padding=pad, dilation=rate)
-                layers += [conv, nn.ReLU(inplace=True)]
+                norm = [nn.BatchNorm2d(out_ch)] if batch_norm else []
+                layers += [conv, *norm, nn.ReLU(inplace=True)]
                 in_ch = out_ch
             layers.append(_pool(stage, dilated))
             if stage >= 3:
@@ -152,7 +167,7 @@ class VGG16(nn.Module):
         convs strictly by name, fc6/fc7 (when present) subsampled if smaller."""
         if state is None:
             return
-        source = TIMM_NAME if source is True else str(source)
+        source = self.timm_name if source is True else str(source)
         prefix = "features."
         convs = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         load_matching(self.features, convs, source)
