@@ -450,6 +450,9 @@ class SyntheticDataModule(SegmentationDataModule):
     ``image_size``; ``scale_range=(1.0, 1.0)`` and ``augment="flip"`` keep the designed pixel
     scales (see the module docstring). Generation costs 1-2 ms per item, so ``num_workers=0``
     is the fastest choice on a laptop; all items have one size, so validation batches too.
+
+    ``data_seed`` fixes the generated items; ``seed`` (the run's seed) only drives the training
+    shuffle and augmentation, so every seed of every variant sees the same images.
     """
 
     dataset_class: type[SyntheticSegmentation] = SyntheticSegmentation
@@ -460,6 +463,7 @@ class SyntheticDataModule(SegmentationDataModule):
         num_val: int = 100,
         image_size: int | None = None,
         seed: int = 0,
+        data_seed: int = 0,
         batch_size: int = 8,
         val_batch_size: int = 8,
         crop_size: int | None = None,
@@ -482,7 +486,7 @@ class SyntheticDataModule(SegmentationDataModule):
             seed=seed,
         )
         self.num_train, self.num_val = num_train, num_val
-        self.image_size, self.data_seed = image_size, seed
+        self.image_size, self.data_seed = image_size, data_seed
 
     def make_datasets(self, stage: str | None = None) -> None:
         make = self.dataset_class

@@ -77,7 +77,7 @@ def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_proje
 
     res = config["resolved"]
     L.seed_everything(config["seed"], workers=True, verbose=False)
-    datamodule = make_datamodule()
+    datamodule = make_datamodule(config["seed"])  # the seed drives shuffling and augmentation
     num_classes = datamodule.num_classes
     model = build_model(res["model"], num_classes, **res["model_kwargs"])
     module = RECIPES[res["model"]](model, num_classes, class_names=tuple(datamodule.class_names),

@@ -148,18 +148,18 @@ def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, var
 
 
 def datamodule_factory(ablation: Ablation, args: argparse.Namespace, data: dict[str, Any]):
-    def make():
+    def make(seed: int):
         if args.data == "synthetic":
             from datamodules.synthetic import build_synthetic_datamodule
 
-            return build_synthetic_datamodule(ablation.synthetic_task, **data)
+            return build_synthetic_datamodule(ablation.synthetic_task, seed=seed, **data)
         if args.data == "voc":
             from datamodules.voc import VOCDataModule
 
-            return VOCDataModule(args.data_root, **data)
+            return VOCDataModule(args.data_root, seed=seed, **data)
         from datamodules.ade20k import ADE20KDataModule
 
-        return ADE20KDataModule(args.data_root, **data)
+        return ADE20KDataModule(args.data_root, seed=seed, **data)
 
     return make
 

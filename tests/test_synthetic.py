@@ -384,3 +384,19 @@ def test_fast_dev_run(dm_class):
                         enable_model_summary=False)
     trainer.fit(model, datamodule=dm)
     assert len(model.losses) == 2 and all(np.isfinite(model.losses))
+
+
+def test_run_seed_changes_order_not_data_and_data_seed_changes_data():
+    from datamodules.synthetic import ThinStructuresDataModule
+
+    def first_batch(**kw):
+        dm = ThinStructuresDataModule(num_train=16, num_val=2, image_size=64, batch_size=4, **kw)
+        dm.setup("fit")
+        return dm, next(iter(dm.train_dataloader()))[1]
+
+    dm0, b0 = first_batch(seed=0)
+    dm1, b1 = first_batch(seed=1)
+    assert torch.equal(dm0.train_set[3][1], dm1.train_set[3][1])  # same images for every run seed
+    assert not torch.equal(b0, b1)  # but another shuffle
+    dm2, _ = first_batch(seed=0, data_seed=1)
+    assert not torch.equal(dm0.train_set[3][1], dm2.train_set[3][1])
