@@ -8,7 +8,8 @@ template; heads never own a loss). Paper recipes that differ are thin subclasses
 - Loss: cross-entropy with ``ignore_index=255`` on ``"out"`` plus ``aux_weight`` × the same on
   ``"aux"`` (PSPNet Sec. 3.4 / Table 2: 0.4), optionally weighted per pixel by U-Net's border
   weight map (Ronneberger et al. Eq. 1–2).
-- Optimiser: SGD with momentum; parameter groups give newly initialised head layers
+- Optimiser: SGD with momentum (every paper here; ``optimizer="adamw"`` exists for the CPU smoke
+  preset, which trains width-scaled networks from scratch in minutes); parameter groups give newly initialised head layers
   ``head_lr_mult`` × the base learning rate (DeepLab: 10×) and biases ``bias_lr_mult`` ×
   (Caffe's ``lr_mult: 2``); biases and normalisation parameters get no weight decay (Caffe's
   ``decay_mult: 0`` in the FCN/DeepLab prototxts).
@@ -62,6 +63,7 @@ class SegmentationModule(L.LightningModule):
         model: nn.Module,
         num_classes: int,
         lr: float = 0.01,
+        optimizer: str = "sgd",
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         poly_power: float = 0.9,
@@ -82,6 +84,8 @@ class SegmentationModule(L.LightningModule):
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' (the papers') or 'adamw', got {optimizer!r}")
         if eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
         if eval_mode == "sliding" and eval_crop is None:
@@ -156,6 +160,8 @@ class SegmentationModule(L.LightningModule):
                 "weight_decay": 0.0 if is_bias else hp.weight_decay,
                 "name": f"{'head' if is_head else 'backbone'}_{'bias' if is_bias else 'weight'}",
             })
+        if hp.optimizer == "adamw":
+            return torch.optim.AdamW(param_groups, lr=hp.lr)
         return torch.optim.SGD(param_groups, lr=hp.lr, momentum=hp.momentum)
 
     def total_steps(self) -> int:
