@@ -179,7 +179,7 @@ class Decoder(nn.Module):
         return self.refine(x)
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(DeepLabV3):
     """DeepLab v3 encoder + the stride-4 decoder of DeepLab v3+."""
 
     def __init__(
@@ -197,21 +197,14 @@ class DeepLabV3Plus(nn.Module):
         pretrained: PretrainedArg = False,
         width: float = 1.0,
     ) -> None:
-        super().__init__()
-        self.backbone = build_backbone(backbone, output_stride, multi_grid, width, pretrained)
-        rates = default_atrous_rates(output_stride) if atrous_rates is None else atrous_rates
+        super().__init__(num_classes, backbone, output_stride, atrous_rates, multi_grid, image_pooling,
+                         separable, pretrained, width)
         separable = backbone == "xception65" if separable is None else separable
-        channels = scale_channels(256, width)
-        self.aspp = ASPP(self.backbone.channels[-1], rates, channels, image_pooling, separable)
         self.decoder = Decoder(
-            self.backbone.channels[0], channels, scale_channels(low_level_channels, width),
+            self.backbone.channels[0], self.aspp.out_channels, scale_channels(low_level_channels, width),
             decoder_convs, scale_channels(decoder_channels, width), separable,
         )
         self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1)
-        self.output_stride = output_stride
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)[-1]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)
