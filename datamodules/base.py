@@ -6,8 +6,10 @@ optionally ``self.test_set``, which defaults to the validation set) whose items 
 (uint8 3×H×W image, int64 H×W mask). This class adds the joint transforms and the loaders:
 
 - train: random crops of ``crop_size`` (``augment`` recipe, see ``datamodules.transforms``),
-  shuffled by a generator seeded with ``seed``, ``drop_last``, and ``seed_worker`` giving every
-  worker of every rank its own deterministic numpy/random/torch seeds;
+  ``drop_last``, and ``seed_worker`` giving every worker of every rank its own deterministic
+  numpy/random/torch seeds. The shuffle is ``ResumableShuffleSampler`` (a permutation of
+  ``seed`` and the epoch, split across DDP ranks) in torchdata's ``StatefulDataLoader``, whose
+  position Lightning checkpoints: a run resumed mid-epoch continues with the very next batch;
 - val/test: full images, original-resolution masks, no shuffling; ``pad_collate`` pads a batch
   to its largest image (image with 0 after normalisation, i.e. the mean colour, mask with
   ``IGNORE_INDEX``), so ``val_batch_size=1`` (the default) evaluates exactly as the papers do.
@@ -30,12 +32,14 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from datamodules.transforms import AUGMENTATIONS, eval_transforms, train_transforms
 
 __all__ = [
     "SegmentationDataModule",
+    "ResumableShuffleSampler",
     "TransformedDataset",
     "UnpaddedDistributedSampler",
     "pad_collate",
@@ -65,6 +69,59 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class ResumableShuffleSampler(DistributedSampler):
+    """The training shuffle: a permutation of ``(seed, epoch)`` alone (``DistributedSampler``'s,
+    so rank ``r`` of ``W`` takes every W-th index of it), whose iterator can save and restore its
+    epoch and position.
+
+    torchdata's ``StatefulDataLoader`` stores the sampler iterator's ``state_dict`` in every
+    checkpoint (through Lightning) and restores it on resume, so training continues with the
+    very next batch. A permutation drawn from a live generator would not do: after a resume
+    the generator no longer matches an uninterrupted run's at the next epoch (it also seeds the
+    loader's workers). Being a ``DistributedSampler`` also means Lightning keeps it under DDP
+    instead of substituting one whose mid-epoch position it cannot restore. Lightning calls
+    ``set_epoch`` at every epoch start.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+
+    def __iter__(self) -> _EpochIndices:
+        return _EpochIndices(self, self.epoch)
+
+
+class _EpochIndices:
+    """This rank's indices of one epoch, with ``state_dict``/``load_state_dict`` (epoch, position)."""
+
+    def __init__(self, sampler: ResumableShuffleSampler, epoch: int) -> None:
+        self.sampler, self.position = sampler, 0
+        self._start(epoch)
+
+    def _start(self, epoch: int) -> None:
+        current, self.sampler.epoch = self.sampler.epoch, epoch
+        try:
+            self.indices = list(DistributedSampler.__iter__(self.sampler))
+        finally:
+            self.sampler.epoch = current
+        self.epoch = epoch
+
+    def __iter__(self) -> _EpochIndices:
+        return self
+
+    def __next__(self) -> int:
+        if self.position >= len(self.indices):
+            raise StopIteration
+        self.position += 1
+        return self.indices[self.position - 1]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._start(state["epoch"])
+        self.position = state["position"]
 
 
 def seed_worker(worker_id: int, rank: int = 0) -> None:
@@ -229,11 +286,13 @@ class SegmentationDataModule(L.LightningDataModule):
                 f"{type(self).__name__}: the training set has {len(self._train)} items, fewer than "
                 f"batch_size={self.batch_size}; with drop_last=True no batch would be produced"
             )
-        _, rank = self._dist()
-        return DataLoader(
+        world, rank = self._dist()
+        # A StatefulDataLoader: Lightning stores its position in every checkpoint, so a run
+        # resumed mid-epoch continues with the very next batch (see ResumableShuffleSampler).
+        return StatefulDataLoader(
             self._train,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=ResumableShuffleSampler(self._train, world, rank, self.seed),
             drop_last=True,
             generator=torch.Generator().manual_seed(self.seed),
             worker_init_fn=functools.partial(seed_worker, rank=rank) if self.num_workers else None,
@@ -250,6 +309,10 @@ class SegmentationDataModule(L.LightningDataModule):
             batch_size=self.val_batch_size,
             shuffle=False,
             sampler=sampler,
+            # Its own generator: creating the iterator then draws no seed from the global RNG, so
+            # evaluating (or Lightning skipping an evaluation when it resumes) leaves the
+            # training randomness untouched and a resumed run repeats an uninterrupted one.
+            generator=torch.Generator().manual_seed(0),
             **self._loader_kwargs(),
         )
 

@@ -2,15 +2,23 @@
 
 ``results/<ablation>/<dataset>-<preset>/<variant>/seed<k>/`` holds ``config.json`` (the resolved
 settings), ``checkpoints/{last,best}.ckpt``, ``logs/`` (CSV metrics) and, once the run finished,
-``metrics.json``. A cell whose ``metrics.json`` exists is skipped; a cell with a ``last.ckpt`` but
-no metrics resumes from it. Files are written atomically (temporary file + rename), so an
-interrupted job never leaves a half-written result that the table would read.
+``metrics.json``. A cell whose ``metrics.json`` exists is skipped; a cell with a checkpoint but
+no metrics resumes from the newest of ``checkpoints/last.ckpt`` (every ``checkpoint_every``
+steps) and Lightning's SLURM ``hpc_ckpt_<n>.ckpt``, exactly (``experiments/distributed.py``).
+Files are written atomically (temporary file + rename), so an interrupted job never leaves a
+half-written result that the table would read. Under DDP every process runs this function;
+only rank 0 writes files.
+
+Interruptions: on SIGTERM Lightning finishes the current step and stops; the cell then exits
+with status 143 and no ``metrics.json`` (rerun to resume). Under SLURM with auto-requeue,
+SIGUSR1 makes Lightning write ``hpc_ckpt_<n>.ckpt`` and requeue the job.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -18,14 +26,23 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.flop_counter import FlopCounterMode
 
+from experiments.distributed import (
+    RNGState,
+    SyncBatchNormCount,
+    SyncBatchNormPlugin,
+    resume_checkpoint,
+)
 from experiments.table import write_text_atomic
 from experiments.tracking import Throughput, log_predictions, make_wandb_logger
 from lightning_modules import RECIPES
 from models import build_model
+from models.sync_batchnorm import revert_sync_batchnorm
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -99,21 +116,47 @@ def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_proje
         if wandb_logger is not None:
             loggers.append(wandb_logger)
     world = tr["devices"] * tr["num_nodes"]
+    global_batch = res["data"]["batch_size"] * world * tr["accumulate"]
+    sync_bn = bool(tr["sync_batchnorm"]) and world > 1
+    sync_count = SyncBatchNormCount()
+    sync_plugin = SyncBatchNormPlugin()
     trainer = L.Trainer(
         accelerator=tr["accelerator"], devices=tr["devices"], num_nodes=tr["num_nodes"],
-        strategy="ddp" if world > 1 else "auto", sync_batchnorm=tr["sync_batchnorm"] and world > 1,
+        # "ddp", never "ddp_spawn": the spawn launcher's metric state double-counts on CPU
+        strategy="ddp" if world > 1 else "auto",
+        plugins=[sync_plugin] if sync_bn else None,
         precision=tr["precision"], max_steps=tr["max_steps"], accumulate_grad_batches=tr["accumulate"],
         val_check_interval=tr["val_every"], check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        callbacks=[last_ckpt, best_ckpt, throughput], logger=loggers, default_root_dir=run_dir,
-        deterministic=tr["deterministic"], log_every_n_steps=tr["log_every"],
+        callbacks=[last_ckpt, best_ckpt, throughput, RNGState(), sync_count], logger=loggers,
+        default_root_dir=run_dir, deterministic=tr["deterministic"], log_every_n_steps=tr["log_every"],
         enable_progress_bar=verbose, enable_model_summary=False,
     )
+    sync_plugin.cpu = isinstance(trainer.accelerator, CPUAccelerator)
     if trainer.is_global_zero:
         write_json_atomic(config_file, config)
-    resume = ckpt_dir / "last.ckpt"
+        print(f"[cell] {run_dir}: {world} process(es), global batch {global_batch} "
+              f"({world} x {res['data']['batch_size']} per device x {tr['accumulate']} accumulation)"
+              + (", SyncBatchNorm" if sync_bn else ""))
+    for logger in loggers:
+        logger.log_hyperparams({"global_batch": global_batch, "world_size": world})
+    resume = resume_checkpoint(run_dir)
+    if resume is not None and trainer.is_global_zero:
+        print(f"[resume] {run_dir}: from {resume.relative_to(run_dir)}")
     started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.exists() else None)
-    trainer.validate(module, datamodule=datamodule, verbose=False)  # final weights, full val set
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    except SIGTERMException:
+        # Lightning stopped after the current step; no result is written, a rerun resumes.
+        if trainer.is_global_zero:
+            print(f"[interrupted] {run_dir}: SIGTERM; rerun the same command to resume")
+        raise SystemExit(128 + signal.SIGTERM) from None
+    # The final weights in last.ckpt (a rerun after a crash in the evaluation below trains no
+    # more), and evaluated from there explicitly: with ckpt_path=None, Lightning on SLURM would
+    # load a stale hpc_ckpt_<n>.ckpt instead of the weights just trained.
+    final = ckpt_dir / "last.ckpt"
+    trainer.save_checkpoint(final)
+    trainer.validate(module, datamodule=datamodule, ckpt_path=str(final), verbose=False)
+    model = revert_sync_batchnorm(module.model)  # no-op unless a layer was left synchronised
     h, w = res["eval_size"]
     result = {
         "ablation": config["ablation"], "variant": config["variant"], "seed": config["seed"],
@@ -124,7 +167,7 @@ def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_proje
         "params": sum(p.numel() for p in model.parameters()),
         "gflops": count_gflops(model, h, w), "eval_size": [h, w],
         "train_images_per_s": throughput.images_per_second(),
-        "global_batch": res["data"]["batch_size"] * world * tr["accumulate"],
+        "global_batch": global_batch, "world_size": world, "sync_batchnorm_layers": sync_count.layers,
         "steps": trainer.global_step, "train_time_s": round(time.time() - started, 1),
         "train_size": getattr(datamodule, "train_size", None),
     }

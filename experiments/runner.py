@@ -10,6 +10,11 @@ Presets:
   effect on a task built to expose it; its numbers are not comparable to the paper's.
 - ``paper``: the paper's recipe (crop, batch, iterations, learning rates, schedule,
   augmentation, ImageNet-pretrained backbone) on the paper's dataset.
+
+Commands: ``run`` (default) trains the selected cells, skipping finished ones and resuming
+unfinished ones; ``collect`` builds the table from whatever cells finished; ``cells`` lists the
+unfinished cells as ``VARIANT<tab>SEED`` lines (what ``experiments/slurm/submit.sh`` turns into a job
+array). ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.cell import run_cell
+from experiments.distributed import check_global_batch, global_rank
 from experiments.spec import Ablation
 from experiments.table import collect_rows, render_csv, render_markdown, write_text_atomic
 
@@ -57,8 +63,9 @@ def merge(base: dict, override: dict) -> dict:
 
 def parse_args(ablation: Ablation, argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=ablation.title)
-    p.add_argument("command", nargs="?", default="run", choices=["run", "collect"],
-                   help="run the cells (default) or only collect the table from finished cells")
+    p.add_argument("command", nargs="?", default="run", choices=["run", "collect", "cells"],
+                   help="run the cells (default), only collect the table from finished cells, or "
+                        "list the unfinished cells as 'VARIANT<tab>SEED' lines (for job arrays)")
     p.add_argument("--data", choices=["synthetic", "voc", "ade20k"], default="synthetic")
     p.add_argument("--data-root", type=Path, help="folder containing VOCdevkit / ADEChallengeData2016")
     p.add_argument("--preset", choices=["smoke", "paper"], help="default: smoke for synthetic data, else paper")
@@ -183,10 +190,26 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
         f"scratch on the CPU. It shows the direction of an effect on a task built to expose it; "
         f"the numbers are NOT comparable to the paper column."
     )
-    if args.preset == "smoke" and args.command == "run":
+    if args.command == "cells":
+        for name in names:
+            if "\t" in name or "\n" in name:
+                raise SystemExit(f"variant name {name!r} contains a tab or newline; job arrays cannot list it")
+            for seed in seeds:
+                if not (out_dir / name / f"seed{seed}" / "metrics.json").exists():
+                    print(f"{name}\t{seed}")  # names may contain spaces ("B1236 AVE")
+        return []
+    if args.preset == "smoke" and args.command == "run" and global_rank() == 0:
         print("=" * 100 + f"\n{smoke_note}\n" + "=" * 100)
-    is_rank_zero = True
     if args.command == "run":
+        first = resolve(ablation, args, names[0], variants)
+        world = args.devices * args.num_nodes
+        per_device = first["data"]["batch_size"]
+        if global_rank() == 0:
+            check_global_batch(world * per_device * args.accumulate, first["paper_batch"], args.preset,
+                               per_device, world, args.accumulate)
+        # Under DDP every process runs this loop (Lightning's launcher reruns the script for the
+        # other ranks; srun/torchrun start them all); a cell decides skip/resume/train the same
+        # way on every rank because they all see the same run directory.
         for name in names:
             for seed in seeds:
                 res = resolve(ablation, args, name, variants)
@@ -194,17 +217,21 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
                           "dataset": dataset_key(ablation, args), "preset": args.preset, "resolved": res}
                 run_cell(config, out_dir / name / f"seed{seed}", datamodule_factory(ablation, args, res["data"]),
                          args.wandb_project if args.logger == "wandb" else None, verbose=not args.quiet)
-        import os
-
-        is_rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
-    if not is_rank_zero:
+    if global_rank() != 0:  # the table is written once, by rank 0
         return []
-    return write_table(ablation, args, list(variants) if args.command == "collect" else names, seeds,
-                       out_dir, smoke_note if args.preset == "smoke" else None)
+    # One cell (e.g. a job-array task) refreshes the whole table from the finished cells, as
+    # collect does, instead of overwriting it with its own row; the W&B table is left to collect.
+    one_cell = args.command == "run" and args.variant is not None
+    if args.command == "collect" or one_cell:
+        names = list(variants)
+    if one_cell:
+        seeds = args.seeds or preset_seeds
+    return write_table(ablation, args, names, seeds, out_dir, smoke_note if args.preset == "smoke" else None,
+                       log_wandb=not one_cell)
 
 
 def write_table(ablation: Ablation, args, names: list[str], seeds: list[int], out_dir: Path,
-                smoke_note: str | None) -> list[dict]:
+                smoke_note: str | None, log_wandb: bool = True) -> list[dict]:
     same_data = args.data == ablation.paper_data
     keys = ["val"] + (["val_crf"] if args.crf else [])
     text, rows_all = [], []
@@ -230,7 +257,7 @@ def write_table(ablation: Ablation, args, names: list[str], seeds: list[int], ou
     write_text_atomic(out_dir / "results.md", markdown)
     print("\n" + markdown)
     print(f"(written to {out_dir / 'results.md'} and results.csv)")
-    if args.logger == "wandb":
+    if args.logger == "wandb" and log_wandb:
         from experiments.tracking import log_results_table
 
         log_results_table(args.wandb_project, ablation.name, dataset_key(ablation, args), rows_all, out_dir)

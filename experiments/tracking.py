@@ -19,6 +19,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from experiments.distributed import global_rank
+from experiments.table import write_text_atomic
+
 
 def wandb_mode() -> str:
     """'online', 'offline' or 'disabled': WANDB_MODE if set, else online only with a key."""
@@ -47,7 +50,8 @@ def make_wandb_logger(project: str, group: str, name: str, run_dir: Path, config
     run_id = id_file.read_text().strip() if id_file.exists() else None
     if run_id is None:
         run_id = uuid.uuid4().hex[:12]  # W&B ids: lowercase letters and digits
-        id_file.write_text(run_id + "\n")
+        if global_rank() == 0:  # other DDP ranks never start a W&B run; they must not race here
+            write_text_atomic(id_file, run_id + "\n")
     if mode == "offline":
         print(
             f"W&B: no API key found, logging OFFLINE to {run_dir / 'wandb'}.\n"

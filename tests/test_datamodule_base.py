@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import (
+    ResumableShuffleSampler,
     SegmentationDataModule,
     UnpaddedDistributedSampler,
     pad_collate,
@@ -105,7 +106,7 @@ def test_loaders_train_crops_and_eval_full_images():
     dm.setup("fit")
     assert dm.train_size == 6
     train = dm.train_dataloader()
-    assert train.drop_last and isinstance(train.sampler, torch.utils.data.RandomSampler)
+    assert train.drop_last and isinstance(train.sampler, ResumableShuffleSampler) and train.sampler.shuffle
     assert len(train) == 3
     x, y = next(iter(train))
     assert x.shape == (2, 3, 8, 8) and y.shape == (2, 8, 8)

@@ -1,0 +1,79 @@
+#!/bin/bash
+# Submit one ablation to SLURM: a job array with one task per unfinished (variant, seed) cell
+# (array.sbatch), then one job that builds the table once the array has ended (collect.sbatch).
+#
+#   experiments/slurm/submit.sh [--dry-run] SCRIPT [RUNNER ARGS...]
+#   GPUS_PER_NODE=4 NODES=1 experiments/slurm/submit.sh experiments/aspp_ablation.py \
+#       --data voc --data-root /data --precision bf16-mixed
+#
+# --dry-run prints the sbatch commands instead of running them. Settings (environment):
+#   GPUS_PER_NODE (1)  NODES (1)  CPUS_PER_TASK (8)  TIME (24:00:00)  PARTITION  ACCOUNT
+#   MAX_PARALLEL (array tasks running at once; unlimited)  JOB_NAME (seg-<script name>)
+#   VARIANTS / SEEDS (space-separated subsets; default: all variants, the preset's seeds)
+#   PYTHON (python)  LOG_DIR (slurm-logs)
+# RUNNER ARGS are passed to every cell and to collect; they must not contain spaces inside
+# one argument. Each task trains on GPUS_PER_NODE x NODES GPUs with DDP (one srun task per GPU).
+set -euo pipefail
+
+DRY_RUN=""
+if [[ "${1:-}" == "--dry-run" ]]; then
+    DRY_RUN=1
+    shift
+fi
+if [[ $# -lt 1 ]]; then
+    sed -n '2,17p' "$0" >&2
+    exit 2
+fi
+SCRIPT="$1"
+shift
+RUNNER_ARGS="$*"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="${REPO:-$(cd "$HERE/../.." && pwd)}"
+PYTHON="${PYTHON:-python}"
+GPUS_PER_NODE="${GPUS_PER_NODE:-1}"
+NODES="${NODES:-1}"
+CPUS_PER_TASK="${CPUS_PER_TASK:-8}"
+TIME="${TIME:-24:00:00}"
+LOG_DIR="${LOG_DIR:-slurm-logs}"
+NAME="$(basename "$SCRIPT" .py)"
+JOB_NAME="${JOB_NAME:-seg-$NAME}"
+case "$JOB_NAME" in
+    bash|interactive)
+        echo "JOB_NAME '$JOB_NAME': Lightning skips SLURM detection for this name (no requeue); choose another" >&2
+        exit 2 ;;
+esac
+
+mkdir -p "$LOG_DIR"
+CELLS_FILE="$(cd "$LOG_DIR" && pwd)/$NAME-$(date +%Y%m%d-%H%M%S)-cells.txt"
+SELECT=()
+if [[ -n "${VARIANTS:-}" ]]; then SELECT+=(--variants $VARIANTS); fi
+if [[ -n "${SEEDS:-}" ]]; then SELECT+=(--seeds $SEEDS); fi
+(cd "$REPO" && "$PYTHON" "$SCRIPT" cells $RUNNER_ARGS ${SELECT[@]+"${SELECT[@]}"}) > "$CELLS_FILE"
+N="$(grep -c . "$CELLS_FILE" || true)"
+echo "# $N unfinished cell(s) of $SCRIPT listed in $CELLS_FILE"
+
+export CELLS_FILE SCRIPT RUNNER_ARGS PYTHON REPO SEEDS="${SEEDS:-}"
+COMMON=()
+if [[ -n "${PARTITION:-}" ]]; then COMMON+=(--partition="$PARTITION"); fi
+if [[ -n "${ACCOUNT:-}" ]]; then COMMON+=(--account="$ACCOUNT"); fi
+
+submit() {  # prints the command; runs it unless --dry-run; echoes the job id
+    echo "sbatch $*" >&2
+    if [[ -n "$DRY_RUN" ]]; then
+        echo "DRYRUN_JOB_ID"
+    else
+        sbatch --parsable "$@" | cut -d';' -f1
+    fi
+}
+
+DEPENDENCY=()
+if [[ "$N" -gt 0 ]]; then
+    ARRAY="0-$((N - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}"
+    ARRAY_ID="$(submit --job-name="$JOB_NAME" ${COMMON[@]+"${COMMON[@]}"} --array="$ARRAY" --nodes="$NODES" \
+        --ntasks-per-node="$GPUS_PER_NODE" --gpus-per-node="$GPUS_PER_NODE" \
+        --cpus-per-task="$CPUS_PER_TASK" --time="$TIME" \
+        --output="$LOG_DIR/%x-%A_%a.out" "$HERE/array.sbatch")"
+    DEPENDENCY=(--dependency="afterany:$ARRAY_ID")
+fi
+submit --job-name="$JOB_NAME-collect" ${COMMON[@]+"${COMMON[@]}"} ${DEPENDENCY[@]+"${DEPENDENCY[@]}"} \
+    --output="$LOG_DIR/%x-%j.out" "$HERE/collect.sbatch" > /dev/null
