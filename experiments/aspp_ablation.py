@@ -15,6 +15,8 @@ ASPP-S = (2, 4, 8, 12) or ASPP-L = (6, 12, 18, 24). The smoke preset uses the sy
     python experiments/aspp_ablation.py --data voc --data-root /data --devices 4
     python experiments/aspp_ablation.py --data voc --data-root /data --variant ASPP-L --seed 0
     python experiments/aspp_ablation.py collect --data voc --data-root /data
+    # SLURM: a job array over the unfinished (variant, seed) cells, then a collect job
+    GPUS_PER_NODE=4 experiments/slurm/submit.sh experiments/aspp_ablation.py --data voc --data-root /data
 """
 
 import sys

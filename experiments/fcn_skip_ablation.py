@@ -11,6 +11,8 @@ on 1–3 px structures that only fine predictions can outline.
     python experiments/fcn_skip_ablation.py --data voc --data-root /data --devices 4
     python experiments/fcn_skip_ablation.py --data voc --data-root /data --variant FCN-8s --seed 1
     python experiments/fcn_skip_ablation.py collect --data voc --data-root /data
+    # SLURM: a job array over the unfinished (variant, seed) cells, then a collect job
+    GPUS_PER_NODE=4 experiments/slurm/submit.sh experiments/fcn_skip_ablation.py --data voc --data-root /data
 """
 
 import sys

@@ -12,6 +12,8 @@ given only by the surrounding scene, and too large for a local receptive field t
     python experiments/psp_bins_ablation.py --data ade20k --data-root /data --devices 4
     python experiments/psp_bins_ablation.py --data ade20k --data-root /data --variant "B1236 AVE DR" --seed 0
     python experiments/psp_bins_ablation.py collect --data ade20k --data-root /data
+    # SLURM: a job array over the unfinished (variant, seed) cells, then a collect job
+    GPUS_PER_NODE=4 experiments/slurm/submit.sh experiments/psp_bins_ablation.py --data ade20k --data-root /data
 """
 
 import sys
