@@ -84,6 +84,7 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> argparse.Namespace
     p.add_argument("--eval-mode", choices=["whole", "ms_flip", "sliding"])
     p.add_argument("--crf", action="store_true", help="also report results after dense CRF")
     p.add_argument("--width", type=float, help="channel width multiplier")
+    p.add_argument("--image-size", type=int, help="synthetic data only: image side in pixels (default: the task's)")
     p.add_argument("--pretrained", help="'true', 'false' or a path to timm backbone weights")
     p.add_argument("--workers", type=int, help="data loader workers per process")
     p.add_argument("--channels-last", action="store_true")
@@ -94,6 +95,8 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> argparse.Namespace
     for option, (choices, default, _) in ablation.options.items():
         p.add_argument(f"--{option}", choices=choices, default=default)
     args = p.parse_args(argv)
+    if args.image_size is not None and args.data != "synthetic":
+        p.error("--image-size applies to synthetic data only (real data keep their own sizes)")
     if args.data != "synthetic" and args.data_root is None:
         p.error(f"--data {args.data} needs --data-root (the folder that contains the dataset; see README)")
     args.preset = args.preset or ("smoke" if args.data == "synthetic" else "paper")
@@ -102,6 +105,8 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> argparse.Namespace
 
 def dataset_key(ablation: Ablation, args: argparse.Namespace) -> str:
     name = f"synthetic_{ablation.synthetic_task}" if args.data == "synthetic" else args.data
+    if args.image_size is not None:  # results at another size go to their own folder
+        name += f"{args.image_size}px"
     return f"{name}-{args.preset}"
 
 
@@ -143,6 +148,8 @@ def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, var
         from datamodules.synthetic import SYNTHETIC_TASKS
 
         data.setdefault("image_size", SYNTHETIC_TASKS[ablation.synthetic_task].default_image_size)
+        if args.image_size is not None:
+            data["image_size"] = args.image_size
     eval_size = recipe.get("eval_size") or data.get("image_size") or data.get("crop_size")
     if isinstance(eval_size, int):
         eval_size = [eval_size, eval_size]

@@ -121,3 +121,13 @@ def test_wandb_offline_without_key_and_disabled(tmp_path, monkeypatch, capsys):
     run(tmp_path / "dis", "--variant", "32s", "--seed", "0", "--logger", "wandb")
     assert not (cell(tmp_path / "dis", "32s", 0) / "wandb").exists()
     assert os.environ["WANDB_MODE"] == "disabled"
+
+
+def test_image_size_flag_goes_to_its_own_folder_and_config(tmp_path):
+    run(tmp_path, "--variant", "32s", "--seed", "0", "--image-size", "72")
+    d = tmp_path / "tiny" / "synthetic_thin72px-smoke" / "32s" / "seed0"
+    config = json.loads((d / "config.json").read_text())
+    assert config["resolved"]["data"]["image_size"] == 72 and config["resolved"]["eval_size"] == [72, 72]
+    assert not (tmp_path / "tiny" / "synthetic_thin-smoke").exists()
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--data", "voc", "--data-root", str(tmp_path), "--image-size", "72")

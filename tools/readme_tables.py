@@ -70,9 +70,10 @@ def render(readme: str) -> str:
     for ablation, task in (("aspp", "multiscale"), ("fcn_skip", "thin"), ("psp_bins", "context")):
         sections[f"results-{ablation}"] = (lambda a=ablation, t=task: results_section(a, f"synthetic_{t}-smoke"))
     for name, make in sections.items():
-        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
-        if pattern.search(readme):
-            readme = pattern.sub(lambda m: m.group(1) + make() + m.group(2), readme)
+        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
+        if not pattern.search(readme):
+            raise SystemExit(f"README.md has no <!-- BEGIN {name} --> ... <!-- END {name} --> section")
+        readme = pattern.sub(lambda m: m.group(1) + make().rstrip("\n") + "\n" + m.group(2), readme)
     return readme
 
 
