@@ -76,3 +76,12 @@ def load_matching(module: torch.nn.Module, state: dict, source: str, ignore_pref
             f"shape mismatches {bad_shapes[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     module.load_state_dict(state, strict=False)
+
+
+def load_pretrained(module: torch.nn.Module, pretrained: PretrainedArg, timm_name: str, width: float = 1.0,
+                    ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Resolve ``pretrained`` for timm model ``timm_name`` and load it strictly into ``module``."""
+    state = load_timm_state_dict(pretrained, timm_name, width)
+    if state is not None:
+        source = timm_name if pretrained is True else str(pretrained)
+        load_matching(module, state, source, ignore_prefixes=ignore_prefixes)

@@ -3,8 +3,8 @@
 
 - ``models``: every model name with its paper, knobs and parameter count at 21 classes,
   counted on the meta device (no memory, no weights).
-- ``results-<ablation>``: the ``results.md`` that ``experiments/<ablation>_ablation.py`` wrote for
-  the smoke preset under ``results/`` (run the scripts first).
+- ``results-*``: the ``results.md`` files that the experiment scripts wrote under ``results/``
+  (see ``RESULT_SECTIONS``; run the scripts first).
 
     python tools/readme_tables.py            # rewrite README.md in place
     python tools/readme_tables.py --check    # exit 1 if README.md is out of date
@@ -40,6 +40,16 @@ MODEL_ROWS = [
 ]
 
 
+# README marker -> (ablation, results/<ablation>/<dataset>) of the generated results tables
+RESULT_SECTIONS = [
+    ("results-aspp", "aspp", "synthetic_multiscale-smoke"),
+    ("results-fcn_skip", "fcn_skip", "synthetic_thin-smoke"),
+    ("results-psp_bins", "psp_bins", "synthetic_context-smoke"),
+    # the receptive-field check of the PSPNet smoke result: the same task at 256 px
+    ("results-psp_bins-256", "psp_bins", "synthetic_context256px-smoke"),
+]
+
+
 def models_table() -> str:
     import torch
 
@@ -67,8 +77,8 @@ def results_section(ablation: str, dataset: str) -> str:
 
 def render(readme: str) -> str:
     sections = {"models": models_table}
-    for ablation, task in (("aspp", "multiscale"), ("fcn_skip", "thin"), ("psp_bins", "context")):
-        sections[f"results-{ablation}"] = (lambda a=ablation, t=task: results_section(a, f"synthetic_{t}-smoke"))
+    for marker, ablation, dataset in RESULT_SECTIONS:
+        sections[marker] = lambda a=ablation, d=dataset: results_section(a, d)
     for name, make in sections.items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
         if not pattern.search(readme):

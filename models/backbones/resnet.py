@@ -33,7 +33,7 @@ from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
 from models.blocks import scale_channels
-from models.pretrained import PretrainedArg, load_matching, load_timm_state_dict
+from models.pretrained import PretrainedArg, load_pretrained
 
 LAYERS: dict[int, tuple[int, int, int, int]] = {
     50: (3, 4, 6, 3),
@@ -134,9 +134,5 @@ def dilated_resnet(
     dict saved from that timm architecture; the ImageNet classifier (``fc.``) is ignored.
     """
     backbone = ResNetBackbone(depth, output_stride, multi_grid, deep_stem, width)
-    name = timm_resnet_name(depth, deep_stem)
-    state = load_timm_state_dict(pretrained, name, width)
-    if state is not None:
-        source = name if pretrained is True else str(pretrained)
-        load_matching(backbone, state, source, ignore_prefixes=("fc.",))
+    load_pretrained(backbone, pretrained, timm_resnet_name(depth, deep_stem), width, ignore_prefixes=("fc.",))
     return backbone

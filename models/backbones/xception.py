@@ -31,7 +31,7 @@ from timm.models.xception_aligned import XceptionAligned, XceptionModule
 from torch import nn
 
 from models.blocks import scale_channels
-from models.pretrained import PretrainedArg, load_matching, load_timm_state_dict
+from models.pretrained import PretrainedArg, load_pretrained
 
 TIMM_NAME = "xception65.tf_in1k"
 LOW_LEVEL_BLOCK = 1  # second entry-flow block: its strided conv goes from stride 4 to 8
@@ -103,8 +103,5 @@ def aligned_xception65(
 ) -> XceptionBackbone:
     """Build an :class:`XceptionBackbone`, optionally with ImageNet weights (``TIMM_NAME``)."""
     backbone = XceptionBackbone(output_stride, width)
-    state = load_timm_state_dict(pretrained, TIMM_NAME, width)
-    if state is not None:
-        source = TIMM_NAME if pretrained is True else str(pretrained)
-        load_matching(backbone, state, source, ignore_prefixes=("head.",))
+    load_pretrained(backbone, pretrained, TIMM_NAME, width, ignore_prefixes=("head.",))
     return backbone
