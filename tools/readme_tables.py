@@ -47,6 +47,8 @@ RESULT_SECTIONS = [
     ("results-psp_bins", "psp_bins", "synthetic_context-smoke"),
     # the receptive-field check of the PSPNet smoke result: the same task at 256 px
     ("results-psp_bins-256", "psp_bins", "synthetic_context256px-smoke"),
+    # the feature-map-size check of the ASPP smoke result: ASPP-S vs ASPP-L at 320 px
+    ("results-aspp-320", "aspp", "synthetic_multiscale320px-smoke"),
 ]
 
 
