@@ -116,6 +116,12 @@ def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, var
     recipe = merge(base, ablation.smoke_recipe if args.preset == "smoke" else ablation.paper_recipe)
     variant = variants[variant_name]
     data, module, trainer = dict(recipe["data"]), dict(recipe["module"]), dict(recipe["trainer"])
+    if args.data == "synthetic":  # record the task's image size in the config explicitly
+        from datamodules.synthetic import SYNTHETIC_TASKS
+
+        data.setdefault("image_size", SYNTHETIC_TASKS[ablation.synthetic_task].default_image_size)
+        if args.image_size is not None:
+            data["image_size"] = args.image_size
     if args.batch_size:
         data["batch_size"] = args.batch_size
     if args.workers is not None:
@@ -128,7 +134,8 @@ def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, var
     if args.eval_mode:
         module["eval_mode"] = args.eval_mode
     if module.get("eval_mode") == "sliding":
-        module.setdefault("eval_crop", data.get("crop_size"))
+        # windows of the training crop; synthetic data train on whole images (image_size)
+        module.setdefault("eval_crop", data.get("crop_size") or data.get("image_size"))
     if args.crf:
         from dataclasses import asdict
 
@@ -144,12 +151,6 @@ def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, var
     world = args.devices * args.num_nodes
     trainer.update(devices=args.devices, num_nodes=args.num_nodes, accelerator=args.accelerator,
                    accumulate=args.accumulate, sync_batchnorm=not args.no_sync_batchnorm and world > 1)
-    if args.data == "synthetic":  # record the task's image size in the config explicitly
-        from datamodules.synthetic import SYNTHETIC_TASKS
-
-        data.setdefault("image_size", SYNTHETIC_TASKS[ablation.synthetic_task].default_image_size)
-        if args.image_size is not None:
-            data["image_size"] = args.image_size
     eval_size = recipe.get("eval_size") or data.get("image_size") or data.get("crop_size")
     if isinstance(eval_size, int):
         eval_size = [eval_size, eval_size]

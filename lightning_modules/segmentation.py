@@ -77,7 +77,7 @@ class SegmentationModule(L.LightningModule):
         eval_scales: Sequence[float] = DEFAULT_SCALES,
         eval_flip: bool = True,
         eval_crop: int | None = None,
-        crf: CRFParams | None = None,
+        crf: CRFParams | dict | None = None,
         class_names: Sequence[str] | None = None,
         channels_last: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -98,7 +98,8 @@ class SegmentationModule(L.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.num_classes = num_classes
-        self.crf_params = crf
+        # a dict too: the runner's JSON config and reloaded hyperparameters carry it that way
+        self.crf_params = CRFParams(**crf) if isinstance(crf, dict) else crf
         self.val_cm = confusion_matrix_metric(num_classes)
         self.val_cm_crf = confusion_matrix_metric(num_classes) if crf is not None else None
         self.last_metrics: dict[str, dict] = {}

@@ -152,3 +152,15 @@ def test_paper_preset_runs_on_real_layout_data(tmp_path):
     assert rows[0]["n"] == 1 and rows[0]["delta"] is not None  # paper's dataset: a delta is shown
     metrics = json.loads((tmp_path / "out" / "tiny_psp" / "ade20k-paper" / "base" / "seed0" / "metrics.json").read_text())
     assert metrics["preset"] == "paper" and metrics["steps"] == 2 and metrics["train_size"] == 4
+
+
+@pytest.mark.parametrize("flags,mode", [(["--eval-mode", "sliding"], "sliding"), (["--eval-mode", "ms_flip"], "ms_flip"),
+                                        (["--crf"], "whole")])
+def test_evaluation_flags_run_and_are_recorded(tmp_path, flags, mode):
+    rows = run(tmp_path, "--variant", "32s", "--seed", "0", *flags)
+    metrics = json.loads((cell(tmp_path, "32s", 0) / "metrics.json").read_text())
+    assert metrics["eval_mode"] == mode and rows[0]["eval_mode"].startswith(mode)
+    if "--crf" in flags:  # before and after the CRF, with the CRF parameters recorded
+        assert 0 <= metrics["val_crf"]["miou"] <= 1 and metrics["crf"]["iterations"] == 10
+        table = (tmp_path / "tiny" / "synthetic_thin-smoke" / "results.md").read_text()
+        assert "(after dense CRF)" in table and "whole + CRF" in table
