@@ -190,6 +190,9 @@ class ADE20KDataModule(SegmentationDataModule):
     palette = ADE20K_PALETTE
 
     def __init__(self, root: str, skip_corrupt: bool = False, **kwargs: Any) -> None:
+        # a plain str before save_hyperparameters (in super().__init__) records it: hyperparameters
+        # go into every checkpoint, and weights-only checkpoint loading refuses pathlib.Path
+        root = os.fspath(root)
         super().__init__(**kwargs)
         self.root = root
         self.skip_corrupt = skip_corrupt

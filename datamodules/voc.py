@@ -309,6 +309,9 @@ class VOCDataModule(SegmentationDataModule):
         skip_corrupt: bool = False,
         **kwargs: Any,
     ) -> None:
+        # a plain str before save_hyperparameters (in super().__init__) records it: hyperparameters
+        # go into every checkpoint, and weights-only checkpoint loading refuses pathlib.Path
+        root = os.fspath(root)
         super().__init__(**kwargs)
         self.root = root
         self.train_split = train_split

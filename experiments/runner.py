@@ -171,12 +171,10 @@ def datamodule_factory(ablation: Ablation, args: argparse.Namespace, data: dict[
         if args.data == "voc":
             from datamodules.voc import VOCDataModule
 
-            # str, not Path: datamodule hyperparameters go into checkpoints, which are loaded
-            # with torch.load(weights_only=True) and may hold only plain types
-            return VOCDataModule(str(args.data_root), seed=seed, **data)
+            return VOCDataModule(args.data_root, seed=seed, **data)
         from datamodules.ade20k import ADE20KDataModule
 
-        return ADE20KDataModule(str(args.data_root), seed=seed, **data)
+        return ADE20KDataModule(args.data_root, seed=seed, **data)
 
     return make
 

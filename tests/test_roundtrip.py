@@ -32,3 +32,14 @@ def test_fit_then_test_on_exported_layout(tmp_path, layout):
     assert test["miou"] == pytest.approx(val["miou"]) and 0.0 <= test["miou"] <= 1.0
     assert test["pixel_acc"] == pytest.approx(val["pixel_acc"])
     assert len(test["iou_per_class"]) == dm.num_classes
+
+
+@pytest.mark.parametrize("layout", ["voc", "ade20k"])
+def test_pathlib_root_is_stored_as_str_so_checkpoints_load_weights_only(tmp_path, layout):
+    root = export_synthetic("thin", tmp_path / "data", layout=layout, num_train=2, num_val=1, image_size=64)
+    cls = VOCDataModule if layout == "voc" else ADE20KDataModule
+    dm = cls(root, **({"train_split": "train"} if layout == "voc" else {}))  # a pathlib.Path
+    assert type(dm.hparams["root"]) is str and dm.hparams["root"] == str(root)
+    path = tmp_path / "hp.pt"
+    torch.save({"hparams": dict(dm.hparams)}, path)
+    torch.load(path, weights_only=True)  # what Lightning does with checkpoints; refuses Path
