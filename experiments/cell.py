@@ -39,8 +39,8 @@ from experiments.distributed import (
     resume_checkpoint,
 )
 from experiments.table import write_text_atomic
+from experiments.tasks import get_task
 from experiments.tracking import Throughput, log_predictions, make_wandb_logger
-from lightning_modules import RECIPES
 from models import build_model
 from models.sync_batchnorm import revert_sync_batchnorm
 
@@ -97,13 +97,13 @@ def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_proje
     datamodule = make_datamodule(config["seed"])  # the seed drives shuffling and augmentation
     num_classes = datamodule.num_classes
     model = build_model(res["model"], num_classes, **res["model_kwargs"])
-    module = RECIPES[res["model"]](model, num_classes, class_names=tuple(datamodule.class_names),
-                                   **res["module"])
+    task = get_task(config.get("task", "semantic"))
+    module = task.build_module(res["model"], model, num_classes, datamodule.class_names, res["module"])
     tr = res["trainer"]
     ckpt_dir = run_dir / "checkpoints"
     last_ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                 every_n_train_steps=tr["checkpoint_every"])
-    best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/miou", mode="max",
+    best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor, mode="max",
                                 save_top_k=1, save_last=False)
     throughput = Throughput()
     loggers: list = [CSVLogger(run_dir, name="logs", version="")]
@@ -172,8 +172,9 @@ def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_proje
         "train_size": getattr(datamodule, "train_size", None),
     }
     if wandb_logger is not None and trainer.is_global_zero:
-        wandb_logger.experiment.summary["best_val_miou"] = float(best_ckpt.best_model_score or 0)
-        log_predictions(wandb_logger, module, datamodule, datamodule.class_names)
+        wandb_logger.experiment.summary[f"best_{task.monitor.replace('/', '_')}"] = float(best_ckpt.best_model_score or 0)
+        if task.name == "semantic":  # mask overlays; instance predictions are not drawn there
+            log_predictions(wandb_logger, module, datamodule, datamodule.class_names)
         wandb_logger.experiment.finish()
     if trainer.is_global_zero:
         write_json_atomic(metrics_file, result)

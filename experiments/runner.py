@@ -27,6 +27,7 @@ from typing import Any
 from experiments.cell import run_cell
 from experiments.distributed import check_global_batch, global_rank
 from experiments.spec import Ablation
+from experiments.tasks import get_task
 from experiments.table import collect_rows, render_csv, render_markdown, write_text_atomic
 
 SMOKE: dict[str, Any] = {
@@ -115,11 +116,13 @@ def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, var
     base = SMOKE if args.preset == "smoke" else PAPER
     recipe = merge(base, ablation.smoke_recipe if args.preset == "smoke" else ablation.paper_recipe)
     variant = variants[variant_name]
-    data, module, trainer = dict(recipe["data"]), dict(recipe["module"]), dict(recipe["trainer"])
+    data, trainer = dict(recipe["data"]), dict(recipe["trainer"])
+    module = {**recipe["module"], **variant.module}
     if args.data == "synthetic":  # record the task's image size in the config explicitly
         from datamodules.synthetic import SYNTHETIC_TASKS
 
-        data.setdefault("image_size", SYNTHETIC_TASKS[ablation.synthetic_task].default_image_size)
+        if ablation.synthetic_task in SYNTHETIC_TASKS:
+            data.setdefault("image_size", SYNTHETIC_TASKS[ablation.synthetic_task].default_image_size)
         if args.image_size is not None:
             data["image_size"] = args.image_size
     if args.batch_size:
@@ -162,19 +165,17 @@ def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, var
     }
 
 
+def data_source(ablation: Ablation, args: argparse.Namespace) -> dict[str, Any]:
+    """Where a cell's data comes from (recorded in its config.json, e.g. for the figures)."""
+    return {"kind": args.data, "root": str(args.data_root) if args.data_root else None,
+            "synthetic_task": ablation.synthetic_task}
+
+
 def datamodule_factory(ablation: Ablation, args: argparse.Namespace, data: dict[str, Any]):
+    task, source = get_task(ablation.task), data_source(ablation, args)
+
     def make(seed: int):
-        if args.data == "synthetic":
-            from datamodules.synthetic import build_synthetic_datamodule
-
-            return build_synthetic_datamodule(ablation.synthetic_task, seed=seed, **data)
-        if args.data == "voc":
-            from datamodules.voc import VOCDataModule
-
-            return VOCDataModule(args.data_root, seed=seed, **data)
-        from datamodules.ade20k import ADE20KDataModule
-
-        return ADE20KDataModule(args.data_root, seed=seed, **data)
+        return task.make_datamodule(source["kind"], source["root"], source["synthetic_task"], seed, data)
 
     return make
 
@@ -221,8 +222,9 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
         for name in names:
             for seed in seeds:
                 res = resolve(ablation, args, name, variants)
-                config = {"ablation": ablation.name, "variant": name, "seed": seed,
-                          "dataset": dataset_key(ablation, args), "preset": args.preset, "resolved": res}
+                config = {"ablation": ablation.name, "variant": name, "seed": seed, "task": ablation.task,
+                          "dataset": dataset_key(ablation, args), "preset": args.preset,
+                          "data_source": data_source(ablation, args), "resolved": res}
                 run_cell(config, out_dir / name / f"seed{seed}", datamodule_factory(ablation, args, res["data"]),
                          args.wandb_project if args.logger == "wandb" else None, verbose=not args.quiet)
     if global_rank() != 0:  # the table is written once, by rank 0
@@ -251,9 +253,15 @@ def write_table(ablation: Ablation, args, names: list[str], seeds: list[int], ou
         title = f"{ablation.title} — {dataset_key(ablation, args)}" + (" (after dense CRF)" if key == "val_crf" else "")
         if smoke_note:
             title = f"[SMOKE] {title}"
+        metric_note = (
+            "mIoU, trimap mIoU (within a band around label boundaries), pixel acc, mean acc and fwIoU in %, "
+            "from dataset-level confusion matrices per run; checkerboard: spectral energy fraction at the "
+            "upsampling period (lightning_modules/checkerboard.py), ×1000"
+            if ablation.task == "semantic" else
+            "COCO-style AP in % over IoU 0.50:0.95 (AP50, AP75 at one threshold), dataset-level per run"
+        )
         notes = ([smoke_note] if smoke_note else []) + [
-            "mIoU, pixel acc, mean acc and fwIoU in %, from one dataset-level confusion matrix per run; "
-            "std is the sample standard deviation over seeds.",
+            f"{metric_note}; std is the sample standard deviation over seeds.",
             "Δ = ours − paper, shown only when the data is the paper's dataset"
             + ("" if same_data else f" (paper: {ablation.paper_data}; here: {args.data})") + ".",
             f"Seeds requested: {seeds}. GFLOPs: one forward pass at the eval size, multiply-add = 2 FLOPs.",

@@ -1,8 +1,11 @@
 """Collect the finished cells of an ablation into ``results.md`` and ``results.csv``.
 
 The table is built from the ``metrics.json`` files alone, so cells may have run in one process,
-under DDP, or as separate cluster jobs. mIoU is reported as mean ± sample standard deviation
-over seeds with n; cells that have not finished are listed as missing, never silently dropped.
+under DDP, or as separate cluster jobs. The task's primary metric (mIoU, or mask AP for
+instance segmentation) is reported as mean ± sample standard deviation over seeds with n, next
+to the paper's number; the other recorded metrics (trimap mIoU, pixel accuracy, ..., the
+checkerboard statistic) as means. Cells that have not finished are listed as missing, never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from experiments.spec import Ablation, paper_number
+from experiments.spec import Ablation, load_paper_numbers, paper_values
+from experiments.tasks import METRIC_LABELS, get_task
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -30,6 +34,14 @@ def _fmt(x: float | None, scale: float = 100.0, digits: int = 2) -> str:
 
 def collect_rows(ablation: Ablation, variants: list[str], seeds: list[int], dataset_dir: Path,
                  metric_key: str = "val") -> list[dict]:
+    """One row per variant: every recorded metric as mean/std/values over the finished seeds.
+
+    ``metric_key`` is the evaluation whose metrics are read (``"val"``, or ``"val_crf"`` after
+    the dense CRF, whose paper numbers are the variant's key with ``_crf`` appended).
+    Besides the generic ``metrics``/``paper`` dicts, a row carries flat keys for the primary
+    metric (``miou_mean``, ``miou_std``, ``paper_miou``) and the means of the others.
+    """
+    task = get_task(ablation.task)
     rows = []
     for name in variants:
         variant = ablation.variants[name]
@@ -45,63 +57,102 @@ def collect_rows(ablation: Ablation, variants: list[str], seeds: list[int], data
             if data["seed"] not in known and data["seed"] not in missing:
                 cells.append(data)
         have = [c for c in cells if metric_key in c]
-        miou = [c[metric_key]["miou"] for c in have]
-        mean, std = _mean_std(miou)
-        paper = paper_number(variant.paper)
+        metrics: dict[str, dict] = {}
+        for key in (task.primary, *task.secondary):
+            values = [c[metric_key][key] for c in have if c[metric_key].get(key) is not None]
+            if values:
+                mean, std = _mean_std(values)
+                metrics[key] = {"mean": mean, "std": std, "values": values}
+        paper_key = variant.paper
+        if paper_key and metric_key.endswith("_crf"):
+            paper_key = f"{paper_key}_crf" if f"{paper_key}_crf" in load_paper_numbers() else None
+        paper = {m: p for m, p in paper_values(paper_key).items()}
+        main = metrics.get(task.primary, {})
+        mean, std = main.get("mean"), main.get("std")
+        lead = paper.get(task.primary)
+        scale = METRIC_LABELS[task.primary][1]
         first = have[0] if have else {}
         speeds = [c["train_images_per_s"] for c in have if c.get("train_images_per_s")]
-        rows.append({
-            "variant": name,
-            "miou_mean": mean, "miou_std": std, "n": len(have),
+        row = {
+            "variant": name, "primary": task.primary,
+            "mean": mean, "std": std, "n": len(have),
             "seeds": sorted(c["seed"] for c in have), "missing_seeds": missing,
-            "paper_miou": paper.miou if paper else None,
-            "paper_ref": paper.reference if paper else "",
-            "delta": (mean * 100 - paper.miou) if (paper and mean is not None) else None,
-            "pixel_acc": _mean_std([c[metric_key]["pixel_acc"] for c in have])[0],
-            "mean_acc": _mean_std([c[metric_key]["mean_acc"] for c in have])[0],
-            "fwiou": _mean_std([c[metric_key]["fwiou"] for c in have])[0],
+            "paper_value": lead.value if lead else None,
+            "paper_ref": lead.reference if lead else "",
+            "delta": (mean * scale - lead.value) if (lead and mean is not None) else None,
+            "metrics": metrics, "paper": {m: p.value for m, p in paper.items()},
             "params": first.get("params"), "gflops": first.get("gflops"),
             "eval_size": first.get("eval_size"),
             "train_images_per_s": statistics.fmean(speeds) if speeds else None,
-            "eval_mode": first.get("eval_mode", "") + (" + CRF" if metric_key.endswith("_crf") else ""),
+            "eval_mode": (first.get("eval_mode") or "") + (" + CRF" if metric_key.endswith("_crf") else ""),
             "global_batch": first.get("global_batch"), "steps": first.get("steps"),
-        })
+        }
+        row[f"{task.primary}_mean"], row[f"{task.primary}_std"] = mean, std
+        row[f"paper_{task.primary}"] = row["paper_value"]
+        for key in task.secondary:
+            row[key] = metrics.get(key, {}).get("mean")
+        rows.append(row)
     return rows
 
 
-def render_markdown(title: str, rows: list[dict], notes: list[str]) -> str:
-    out = [f"## {title}", ""]
-    out.append("| variant | mIoU (mean ± std, n) | paper mIoU | Δ | pixel acc | mean acc | fwIoU "
-               "| params | GFLOPs | train img/s | eval |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+def _secondary(rows: list[dict]) -> list[str]:
+    """The secondary metrics that at least one row recorded, in the task's order."""
+    keys: list[str] = []
     for r in rows:
+        for key in r["metrics"]:
+            if key != r["primary"] and key not in keys:
+                keys.append(key)
+    order = list(METRIC_LABELS)
+    return sorted(keys, key=order.index)
+
+
+def render_markdown(title: str, rows: list[dict], notes: list[str]) -> str:
+    primary = rows[0]["primary"] if rows else "miou"
+    label = METRIC_LABELS[primary][0]
+    secondary = _secondary(rows)
+    out = [f"## {title}", ""]
+    out.append(f"| variant | {label} (mean ± std, n) | paper {label} | Δ | "
+               + "".join(f"{METRIC_LABELS[k][0]} | " for k in secondary)
+               + "params | GFLOPs | train img/s | eval |")
+    out.append("|---" * (8 + len(secondary)) + "|")
+    for r in rows:
+        scale = METRIC_LABELS[primary][1]
         if r["n"] == 0:
-            miou = f"missing ({len(r['missing_seeds'])} seeds)"
+            main = f"missing ({len(r['missing_seeds'])} seeds)"
         else:
-            miou = f"{r['miou_mean'] * 100:.2f} ± {r['miou_std'] * 100:.2f} (n={r['n']})"
+            main = f"{r['mean'] * scale:.2f} ± {r['std'] * scale:.2f} (n={r['n']})"
             if r["missing_seeds"]:
-                miou += f", missing seeds {r['missing_seeds']}"
-        paper = f"{r['paper_miou']:.2f} ({r['paper_ref']})" if r["paper_miou"] is not None else "—"
+                main += f", missing seeds {r['missing_seeds']}"
+        paper = f"{r['paper_value']:.2f} ({r['paper_ref']})" if r["paper_value"] is not None else "—"
         delta = f"{r['delta']:+.2f}" if r["delta"] is not None else "—"
+        cols = ""
+        for key in secondary:
+            value = r["metrics"].get(key, {}).get("mean")
+            text = _fmt(value, METRIC_LABELS[key][1])
+            if key in r["paper"] and value is not None:
+                text += f" (paper {r['paper'][key]:.1f})"
+            cols += f"{text} | "
         params = f"{r['params'] / 1e6:.2f}M" if r["params"] else "—"
         gflops = f"{r['gflops']:.2f}" if r["gflops"] is not None else "—"
         speed = f"{r['train_images_per_s']:.1f}" if r["train_images_per_s"] else "—"
-        out.append(f"| {r['variant']} | {miou} | {paper} | {delta} | {_fmt(r['pixel_acc'])} | "
-                   f"{_fmt(r['mean_acc'])} | {_fmt(r['fwiou'])} | {params} | {gflops} | {speed} | "
+        out.append(f"| {r['variant']} | {main} | {paper} | {delta} | {cols}{params} | {gflops} | {speed} | "
                    f"{r['eval_mode'] or '—'} |")
     out += [""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(out)
 
 
 def render_csv(rows: list[dict]) -> str:
+    primary = rows[0]["primary"] if rows else "miou"
+    secondary = _secondary(rows)
     buf = io.StringIO()
-    fields = ["variant", "miou_mean", "miou_std", "n", "seeds", "missing_seeds", "paper_miou", "paper_ref",
-              "delta", "pixel_acc", "mean_acc", "fwiou", "params", "gflops", "eval_size",
+    fields = ["variant", f"{primary}_mean", f"{primary}_std", "n", "seeds", "missing_seeds",
+              f"paper_{primary}", "paper_ref", "delta", *secondary, "params", "gflops", "eval_size",
               "train_images_per_s", "eval_mode", "global_batch", "steps"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (" ".join(map(str, r[k])) if isinstance(r[k], list) else r[k]) for k in fields})
+        flat = {**r, **{k: r["metrics"].get(k, {}).get("mean") for k in secondary}}
+        writer.writerow({k: (" ".join(map(str, flat[k])) if isinstance(flat[k], list) else flat[k]) for k in fields})
     return buf.getvalue()
 
 

@@ -18,7 +18,11 @@ template; heads never own a loss). Paper recipes that differ are thin subclasses
   step, so a resumed run continues the schedule exactly (no scheduler state to get out of sync).
 - Metrics: one dataset-level confusion matrix per evaluation (``lightning_modules.metrics``),
   synced across processes; the evaluation protocol (``eval_mode``) and, when the dense CRF is
-  on, the before/after-CRF metrics are reported side by side.
+  on, the before/after-CRF metrics are reported side by side. Always also the "trimap" mIoU
+  within ``trimap_width`` px of label boundaries (DeepLab v1/v2), and with
+  ``checkerboard_period`` the checkerboard statistic of the predicted probabilities
+  (``lightning_modules.checkerboard``). ``eval_output_stride`` evaluates a DeepLab v3/v3+
+  trained at one output stride at another (v3 Table 6: train 16, evaluate 8).
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 
 from datamodules.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from lightning_modules.crf import CRFParams, dense_crf, denormalize
 from lightning_modules.inference import DEFAULT_SCALES, EVAL_MODES, predict
-from lightning_modules.metrics import confusion_matrix_metric, metrics_from_confusion
+from lightning_modules.metrics import confusion_matrix_metric, metrics_from_confusion, trimap_target
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -78,6 +83,9 @@ class SegmentationModule(L.LightningModule):
         eval_flip: bool = True,
         eval_crop: int | None = None,
         crf: CRFParams | dict | None = None,
+        trimap_width: int = 5,
+        checkerboard_period: int | None = None,
+        eval_output_stride: int | None = None,
         class_names: Sequence[str] | None = None,
         channels_last: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -90,6 +98,11 @@ class SegmentationModule(L.LightningModule):
             raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
         if eval_mode == "sliding" and eval_crop is None:
             raise ValueError("eval_mode='sliding' needs eval_crop (the window size)")
+        if eval_output_stride is not None and not hasattr(model, "set_output_stride"):
+            raise ValueError(
+                f"eval_output_stride={eval_output_stride} needs a model that can change its output "
+                f"stride (DeepLab v3/v3+ with a ResNet); {type(model).__name__} cannot"
+            )
         if head_lr_mult != 1.0 and not isinstance(getattr(model, "backbone", None), nn.Module):
             raise ValueError(
                 f"head_lr_mult={head_lr_mult} needs the model to expose its pretrained part as "
@@ -102,6 +115,10 @@ class SegmentationModule(L.LightningModule):
         self.crf_params = CRFParams(**crf) if isinstance(crf, dict) else crf
         self.val_cm = confusion_matrix_metric(num_classes)
         self.val_cm_crf = confusion_matrix_metric(num_classes) if crf is not None else None
+        self.val_cm_trimap = confusion_matrix_metric(num_classes)
+        # mean over images of the checkerboard statistic (a synced sum and count)
+        self.val_checkerboard = MeanMetric() if checkerboard_period else None
+        self.train_output_stride = getattr(model, "output_stride", None)
         self.last_metrics: dict[str, dict] = {}
         if freeze_bn:
             for m in self.model.modules():
@@ -192,7 +209,14 @@ class SegmentationModule(L.LightningModule):
     def _eval_step(self, batch) -> None:
         images, masks = batch
         scores = self.predict_scores(images)
-        self.val_cm.update(scores.argmax(1), masks)
+        preds = scores.argmax(1)
+        self.val_cm.update(preds, masks)
+        self.val_cm_trimap.update(preds, trimap_target(masks, self.hparams.trimap_width))
+        if self.val_checkerboard is not None:
+            from lightning_modules.checkerboard import checkerboard_energy
+
+            probs = scores if self.hparams.eval_mode == "ms_flip" else scores.float().softmax(1)
+            self.val_checkerboard.update(checkerboard_energy(probs.float(), self.hparams.checkerboard_period))
         if self.val_cm_crf is not None:
             probs = scores if self.hparams.eval_mode == "ms_flip" else scores.float().softmax(1)
             rgb = denormalize(images, self.hparams.mean, self.hparams.std).cpu().numpy()
@@ -202,18 +226,42 @@ class SegmentationModule(L.LightningModule):
             ]
             self.val_cm_crf.update(torch.stack(refined).argmax(1).to(masks.device), masks)
 
+    def _set_eval_stride(self, evaluating: bool) -> None:
+        if self.hparams.eval_output_stride is not None:
+            stride = self.hparams.eval_output_stride if evaluating else self.train_output_stride
+            self.model.set_output_stride(stride)
+
     def _eval_epoch_end(self, stage: str) -> None:
+        self._set_eval_stride(False)
         results = {stage: metrics_from_confusion(self.val_cm.compute())}
         self.val_cm.reset()
+        trimap_cm = self.val_cm_trimap.compute()
+        self.val_cm_trimap.reset()
+        # a band with no labelled pixel (e.g. images of one class) has no trimap score
+        results[stage]["trimap_miou"] = metrics_from_confusion(trimap_cm)["miou"] if trimap_cm.sum() > 0 else None
+        results[stage]["trimap_width"] = self.hparams.trimap_width
+        if self.val_checkerboard is not None:
+            results[stage]["checkerboard"] = float(self.val_checkerboard.compute())
+            results[stage]["checkerboard_period"] = self.hparams.checkerboard_period
+            self.val_checkerboard.reset()
+        if self.hparams.eval_output_stride is not None:
+            results[stage]["eval_output_stride"] = self.hparams.eval_output_stride
         if self.val_cm_crf is not None:
             results[f"{stage}_crf"] = metrics_from_confusion(self.val_cm_crf.compute())
             self.val_cm_crf.reset()
         for prefix, metrics in results.items():
-            for key in ("miou", "pixel_acc", "mean_acc", "fwiou"):
+            for key in ("miou", "pixel_acc", "mean_acc", "fwiou", "trimap_miou", "checkerboard"):
                 # identical on every rank: computed from the synced confusion matrix
-                self.log(f"{prefix}/{key}", metrics[key], prog_bar=key == "miou")
+                if metrics.get(key) is not None:
+                    self.log(f"{prefix}/{key}", metrics[key], prog_bar=key == "miou")
             metrics["eval_mode"] = self.hparams.eval_mode
         self.last_metrics.update(results)
+
+    def on_validation_epoch_start(self) -> None:
+        self._set_eval_stride(True)
+
+    def on_test_epoch_start(self) -> None:
+        self._set_eval_stride(True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch)

@@ -143,6 +143,22 @@ class DeepLabV3(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)[-1]
 
+    def set_output_stride(self, output_stride: int) -> None:
+        """Evaluate at another output stride with the same weights (v3 Table 6, v3+ Table 3):
+        the backbone is re-dilated and the ASPP rates scale with it ("doubled" at OS 8)."""
+        if not hasattr(self.backbone, "set_output_stride"):
+            raise NotImplementedError(
+                f"changing the output stride after construction is implemented for ResNet backbones; "
+                f"build {type(self.backbone).__name__} with output_stride={output_stride} instead")
+        old = self.output_stride
+        self.backbone.set_output_stride(output_stride)
+        for branch in self.aspp.convs:
+            for m in branch.modules():
+                if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+                    rate = m.dilation[0] * old // output_stride
+                    m.dilation, m.padding = (rate, rate), (rate, rate)
+        self.output_stride = output_stride
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.classifier(self.aspp(self.features(x)))
         return {"out": resize(logits, x.shape[-2:])}

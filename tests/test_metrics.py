@@ -50,3 +50,29 @@ def test_out_of_range_label_is_an_error_not_remapped():
 def test_empty_confusion_matrix_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         metrics_from_confusion(torch.zeros(3, 3))
+
+
+def test_trimap_band_matches_hand_computation():
+    from lightning_modules.metrics import boundary_band, trimap_target
+
+    # one vertical edge between columns 2 and 3 of a 4×6 label map
+    target = torch.tensor([[0, 0, 0, 1, 1, 1]] * 4)[None]
+    band0 = boundary_band(target, 0)[0]
+    assert band0.tolist() == [[False, False, True, True, False, False]] * 4  # both sides of the edge
+    band1 = boundary_band(target, 1)[0]
+    assert band1.tolist() == [[False, True, True, True, True, False]] * 4
+    assert boundary_band(target, 5)[0].all()
+    # void pixels count as a boundary (VOC's void bands) but stay ignored by the metric
+    void = torch.zeros(1, 5, 5, dtype=torch.long)
+    void[0, 2, 2] = 255
+    band = boundary_band(void, 0)[0]
+    assert band.sum() == 9 and band[1:4, 1:4].all()
+    t = trimap_target(void, 0)[0]
+    assert (t == 255).sum() == 25 - 8 and t[2, 2] == 255
+    # trimap mIoU by hand: prediction all 0 → in the width-0 band: class 0 has 8 px right,
+    # class 1 has 8 px wrong → IoU0 = 8/16, IoU1 = 0 → mIoU 0.25
+    cm = confusion_matrix_metric(2)
+    cm.update(torch.zeros_like(target), trimap_target(target, 0))
+    assert metrics_from_confusion(cm.compute())["miou"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="width"):
+        boundary_band(target, -1)

@@ -298,3 +298,29 @@ def test_build_model_entry_points():
     assert isinstance(build_model("deeplab_v3", NC, width=W, output_stride=8), DeepLabV3)
     model = build_model("deeplab_v3plus", NC, width=W, low_level_channels=16)
     assert isinstance(model, DeepLabV3Plus) and model.decoder.reduce[0].out_channels == 1
+
+
+@pytest.mark.parametrize("model_cls", [DeepLabV3, DeepLabV3Plus])
+@pytest.mark.parametrize("train_os, eval_os", [(16, 8), (8, 16), (16, 32)])
+def test_set_output_stride_equals_a_network_built_at_that_stride(model_cls, train_os, eval_os):
+    """v3 Table 6 / v3+ Table 3: same weights, evaluated at another output stride (ASPP rates
+    scale with it: the paper's (6, 12, 18) at OS 16 are "doubled" at OS 8)."""
+    torch.manual_seed(0)
+    trained = model_cls(3, backbone="resnet50", output_stride=train_os, multi_grid=(1, 2, 4), width=0.125).eval()
+    built = model_cls(3, backbone="resnet50", output_stride=eval_os, multi_grid=(1, 2, 4), width=0.125).eval()
+    built.load_state_dict(trained.state_dict())
+    x = torch.randn(*ODD_SIZE)
+    before = trained(x)["out"]
+    trained.set_output_stride(eval_os)
+    assert trained.output_stride == eval_os and trained.backbone.output_stride == eval_os
+    torch.testing.assert_close(trained(x)["out"], built(x)["out"])
+    assert [m.dilation for m in trained.backbone.layer4 if hasattr(m, "dilation")] == \
+           [m.dilation for m in built.backbone.layer4 if hasattr(m, "dilation")]
+    trained.set_output_stride(train_os)  # and back, exactly
+    torch.testing.assert_close(trained(x)["out"], before)
+
+
+def test_set_output_stride_needs_a_resnet():
+    model = DeepLabV3(3, backbone="xception65", width=0.0625)
+    with pytest.raises(NotImplementedError, match="ResNet"):
+        model.set_output_stride(8)

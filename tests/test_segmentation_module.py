@@ -164,3 +164,23 @@ def test_crf_results_reported_beside_plain(tmp_path):
     module = SegmentationModule(Toy(), 3, crf=CRFParams(iterations=2))
     trainer(tmp_path, 1).fit(module, toy_loader(4), toy_loader(4))
     assert {"val", "val_crf"} <= set(module.last_metrics)
+
+
+def test_trimap_reported_and_eval_output_stride_switches_only_for_evaluation(tmp_path):
+    from models.deeplab_v3 import DeepLabV3
+
+    model = DeepLabV3(3, backbone="resnet50", output_stride=16, width=0.0625)
+    seen = []
+    original = model.forward
+    model.forward = lambda x: (seen.append((model.training, model.output_stride)), original(x))[1]
+    module = SegmentationModule(model, 3, eval_output_stride=8, trimap_width=2)
+    trainer(tmp_path, 2, val_check_interval=2, check_val_every_n_epoch=None).fit(
+        module, toy_loader(n=4, size=33), toy_loader(n=2, size=33))
+    assert {s for training, s in seen if training} == {16}       # trained at OS 16
+    assert {s for training, s in seen if not training} == {8}    # evaluated at OS 8
+    assert model.output_stride == 16                              # and back for training
+    val = module.last_metrics["val"]
+    assert val["eval_output_stride"] == 8 and val["trimap_width"] == 2
+    assert 0 <= val["trimap_miou"] <= 1
+    with pytest.raises(ValueError, match="eval_output_stride"):
+        SegmentationModule(Toy(), 3, eval_output_stride=8)

@@ -96,6 +96,30 @@ class ResNetBackbone(nn.Module):
         self.output_stride = output_stride
         self.depth, self.deep_stem, self.multi_grid = depth, deep_stem, tuple(multi_grid)
 
+    def set_output_stride(self, output_stride: int) -> None:
+        """Re-dilate in place for another output stride; the weights are unchanged.
+
+        DeepLab v3 Table 6 / v3+ Table 3 train at output stride 16 and evaluate at 8: the same
+        parameters with layer4 (and, for 8, layer3) run at stride 1 and twice the dilation.
+        Equals a network built at ``output_stride`` with these weights (tested).
+        """
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        current, rate = 4, 1
+        for layer in (self.layer2, self.layer3, self.layer4):
+            if current * 2 <= output_stride:
+                stride, current = 2, current * 2
+            else:
+                stride, rate = 1, rate * 2
+            layer[0].conv2.stride = (stride, stride)
+            if layer[0].downsample is not None:
+                layer[0].downsample[0].stride = (stride, stride)
+            grid = self.multi_grid if layer is self.layer4 else (1,) * len(layer)
+            for block, g in zip(layer, grid, strict=True):
+                block.dilation = rate
+                _set_dilation(block.conv2, rate * g)
+        self.output_stride = output_stride
+
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
