@@ -84,6 +84,8 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> argparse.Namespace
     p.add_argument("--no-sync-batchnorm", action="store_true", help="keep per-process BatchNorm under DDP")
     p.add_argument("--eval-mode", choices=["whole", "ms_flip", "sliding"])
     p.add_argument("--crf", action="store_true", help="also report results after dense CRF")
+    p.add_argument("--crf-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a dense-CRF parameter (lightning_modules/crf.py CRFParams), e.g. bi_xy_std=50; repeatable")
     p.add_argument("--width", type=float, help="channel width multiplier")
     p.add_argument("--image-size", type=int, help="synthetic data only: image side in pixels (default: the task's)")
     p.add_argument("--pretrained", help="'true', 'false' or a path to timm backbone weights")
@@ -101,7 +103,29 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> argparse.Namespace
     if args.data != "synthetic" and args.data_root is None:
         p.error(f"--data {args.data} needs --data-root (the folder that contains the dataset; see README)")
     args.preset = args.preset or ("smoke" if args.data == "synthetic" else "paper")
+    args.crf = args.crf or ablation.always_crf
+    args.crf_params = parse_crf_params(p, args.crf_param)
+    if args.crf_params and not args.crf:
+        p.error("--crf-param needs --crf (this ablation does not run the dense CRF otherwise)")
     return args
+
+
+def parse_crf_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
+    from dataclasses import fields
+
+    from lightning_modules.crf import CRFParams
+
+    types = {f.name: f.type for f in fields(CRFParams)}
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in types:
+            parser.error(f"--crf-param {item!r}: expected NAME=VALUE with NAME one of {sorted(types)}")
+        try:
+            out[name] = int(value) if types[name] in (int, "int") else float(value)
+        except ValueError:
+            parser.error(f"--crf-param {item!r}: {value!r} is not a number")
+    return out
 
 
 def dataset_key(ablation: Ablation, args: argparse.Namespace) -> str:
@@ -144,7 +168,7 @@ def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, var
 
         from lightning_modules.crf import CRFParams
 
-        module["crf"] = asdict(CRFParams(**module.get("crf", {}) or {}))
+        module["crf"] = asdict(CRFParams(**{**(module.get("crf") or {}), **args.crf_params}))
     if args.channels_last:
         module["channels_last"] = True
     width = args.width if args.width is not None else recipe["width"]

@@ -58,6 +58,8 @@ class Ablation:
     options: dict[str, tuple[tuple[str, ...], str, Any]] = field(default_factory=dict)
     # "semantic" (SegmentationModule, mIoU) or "instance" (Mask R-CNN, mask AP); see experiments/tasks.py
     task: str = "semantic"
+    # evaluate every cell also after the dense CRF (as ``--crf``), e.g. the CRF ablation
+    always_crf: bool = False
 
 
 def load_paper_numbers(path: Path = PAPER_NUMBERS_FILE) -> dict[str, PaperNumber]:

@@ -116,6 +116,7 @@ class SegmentationModule(L.LightningModule):
         self.val_cm = confusion_matrix_metric(num_classes)
         self.val_cm_crf = confusion_matrix_metric(num_classes) if crf is not None else None
         self.val_cm_trimap = confusion_matrix_metric(num_classes)
+        self.val_cm_crf_trimap = confusion_matrix_metric(num_classes) if crf is not None else None
         # mean over images of the checkerboard statistic (a synced sum and count)
         self.val_checkerboard = MeanMetric() if checkerboard_period else None
         self.train_output_stride = getattr(model, "output_stride", None)
@@ -224,22 +225,27 @@ class SegmentationModule(L.LightningModule):
                 torch.from_numpy(dense_crf(rgb[i], probs[i].float().cpu().numpy(), self.crf_params))
                 for i in range(len(rgb))
             ]
-            self.val_cm_crf.update(torch.stack(refined).argmax(1).to(masks.device), masks)
+            refined_preds = torch.stack(refined).argmax(1).to(masks.device)
+            self.val_cm_crf.update(refined_preds, masks)
+            self.val_cm_crf_trimap.update(refined_preds, trimap_target(masks, self.hparams.trimap_width))
 
     def _set_eval_stride(self, evaluating: bool) -> None:
         if self.hparams.eval_output_stride is not None:
             stride = self.hparams.eval_output_stride if evaluating else self.train_output_stride
             self.model.set_output_stride(stride)
 
+    def _trimap(self, metric) -> dict:
+        cm = metric.compute()
+        metric.reset()
+        # a band with no labelled pixel (e.g. images of one class) has no trimap score
+        return {"trimap_miou": metrics_from_confusion(cm)["miou"] if cm.sum() > 0 else None,
+                "trimap_width": self.hparams.trimap_width}
+
     def _eval_epoch_end(self, stage: str) -> None:
         self._set_eval_stride(False)
         results = {stage: metrics_from_confusion(self.val_cm.compute())}
         self.val_cm.reset()
-        trimap_cm = self.val_cm_trimap.compute()
-        self.val_cm_trimap.reset()
-        # a band with no labelled pixel (e.g. images of one class) has no trimap score
-        results[stage]["trimap_miou"] = metrics_from_confusion(trimap_cm)["miou"] if trimap_cm.sum() > 0 else None
-        results[stage]["trimap_width"] = self.hparams.trimap_width
+        results[stage].update(self._trimap(self.val_cm_trimap))
         if self.val_checkerboard is not None:
             results[stage]["checkerboard"] = float(self.val_checkerboard.compute())
             results[stage]["checkerboard_period"] = self.hparams.checkerboard_period
@@ -248,6 +254,7 @@ class SegmentationModule(L.LightningModule):
             results[stage]["eval_output_stride"] = self.hparams.eval_output_stride
         if self.val_cm_crf is not None:
             results[f"{stage}_crf"] = metrics_from_confusion(self.val_cm_crf.compute())
+            results[f"{stage}_crf"].update(self._trimap(self.val_cm_crf_trimap))
             self.val_cm_crf.reset()
         for prefix, metrics in results.items():
             for key in ("miou", "pixel_acc", "mean_acc", "fwiou", "trimap_miou", "checkerboard"):

@@ -1,0 +1,44 @@
+"""DeepLab LargeFOV and ASPP-L before and after the fully-connected CRF — DeepLab v2 (Chen et al.,
+TPAMI 2017), Table 3 (VGG-16, VOC 2012 val), which reports both columns.
+
+Every cell is evaluated twice from the same predictions: plain, and after the dense CRF
+(Krähenbühl & Koltun 2011; ``lightning_modules/crf.py``), giving two tables: ``results.md`` holds
+both, with the paper's before- and after-CRF numbers. The CRF parameters are arguments
+(``--crf-param bi_xy_std=50 --crf-param iterations=5``; defaults: the DeepLab v2 reference's),
+recorded in every cell's config.json and metrics.json. The smoke preset uses the synthetic
+``multiscale`` task (as the ASPP ablation) whose object outlines the CRF can sharpen.
+
+    # CPU smoke (default; synthetic data, 2 seeds)
+    python experiments/crf_ablation.py
+    # one GPU, real data (VOC 2012 + SBD train_aug), the paper's recipe; CRF on the CPU
+    python experiments/crf_ablation.py --data voc --data-root /data --precision bf16-mixed --workers 8
+    # 4 GPUs, one (variant, seed) cell, the table
+    python experiments/crf_ablation.py --data voc --data-root /data --devices 4
+    python experiments/crf_ablation.py --data voc --data-root /data --variant ASPP-L --seed 0
+    python experiments/crf_ablation.py collect --data voc --data-root /data
+    # SLURM: a job array over the unfinished (variant, seed) cells, then a collect job
+    GPUS_PER_NODE=4 experiments/slurm/submit.sh experiments/crf_ablation.py --data voc --data-root /data
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.aspp_ablation import ABLATION as ASPP  # noqa: E402
+from experiments.runner import main  # noqa: E402
+from experiments.spec import Ablation  # noqa: E402
+
+ABLATION = Ablation(
+    name="crf",
+    title="DeepLab v2: before and after the dense CRF",
+    synthetic_task=ASPP.synthetic_task,
+    variants={name: ASPP.variants[name] for name in ("LargeFOV", "ASPP-L")},
+    paper_data="voc",
+    paper_recipe=ASPP.paper_recipe,
+    smoke_recipe=ASPP.smoke_recipe,
+    always_crf=True,
+)
+
+if __name__ == "__main__":
+    main(ABLATION)

@@ -1,0 +1,65 @@
+"""DeepLab v3+ (Chen et al., ECCV 2018): decoder vs none, low-level projection channels, decoder
+3×3 convs, evaluation output stride, ResNet-101 vs aligned Xception-65, separable vs plain
+convs — Tables 1, 2, 3 and 5 (VOC 2012 val).
+
+Table 1 varies the 1×1 projection of the stride-4 features (``low_level_channels``) with one
+[3×3, 256] decoder conv; Table 2 uses two (``decoder_convs=2``, the final design); Table 3 is
+ResNet-101 with/without the decoder at eval output stride 16 and 8; Table 5 is Xception-65 (its
+first rows use plain convs; ``separable=True`` is the paper's final "SC" model). The smoke preset
+uses the synthetic ``thin`` task: thin structures and small objects, where a stride-16 encoder
+alone cannot place boundaries and the stride-4 decoder should help (see the trimap column).
+
+    # CPU smoke (default; synthetic data, 2 seeds)
+    python experiments/deeplabv3plus_ablation.py
+    # one GPU, real data (VOC 2012 + SBD train_aug), the paper's recipe
+    python experiments/deeplabv3plus_ablation.py --data voc --data-root /data --precision bf16-mixed
+    # 4 GPUs (DDP + SyncBN), one (variant, seed) cell, the table
+    python experiments/deeplabv3plus_ablation.py --data voc --data-root /data --devices 4
+    python experiments/deeplabv3plus_ablation.py --data voc --data-root /data --variant "R101 decoder" --seed 0
+    python experiments/deeplabv3plus_ablation.py collect --data voc --data-root /data
+    # SLURM: a job array over the unfinished (variant, seed) cells, then a collect job
+    GPUS_PER_NODE=4 experiments/slurm/submit.sh experiments/deeplabv3plus_ablation.py --data voc --data-root /data
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.runner import main  # noqa: E402
+from experiments.spec import Ablation, Variant  # noqa: E402
+
+R101 = {"backbone": "resnet101", "output_stride": 16, "multi_grid": (1, 2, 4), "separable": False}
+XCEPTION = {"backbone": "xception65", "output_stride": 16}
+
+
+def decoder(low_level_channels: int = 48, decoder_convs: int = 2, **extra) -> dict:
+    return {**R101, "low_level_channels": low_level_channels, "decoder_convs": decoder_convs, **extra}
+
+
+ABLATION = Ablation(
+    name="deeplabv3plus",
+    title="DeepLab v3+: decoder, low-level channels, decoder convs, backbone, separable convs",
+    synthetic_task="thin",
+    variants={
+        "R101 no decoder": Variant("deeplab_v3", R101, "deeplab_v3plus.table3.no_decoder_os16"),
+        "R101 decoder": Variant("deeplab_v3plus", decoder(), "deeplab_v3plus.table3.decoder_os16"),
+        "R101 decoder, eval OS 8": Variant("deeplab_v3plus", decoder(), "deeplab_v3plus.table3.decoder_os8",
+                                           module={"eval_output_stride": 8}),
+        "low-level 16, 1 conv": Variant("deeplab_v3plus", decoder(16, 1), "deeplab_v3plus.table1.ll16"),
+        "low-level 48, 1 conv": Variant("deeplab_v3plus", decoder(48, 1), "deeplab_v3plus.table1.ll48"),
+        "low-level 64, 1 conv": Variant("deeplab_v3plus", decoder(64, 1), "deeplab_v3plus.table1.ll64"),
+        "Xception-65 no decoder": Variant("deeplab_v3", {**XCEPTION, "separable": False},
+                                          "deeplab_v3plus.table5.no_decoder_os16"),
+        "Xception-65 decoder": Variant("deeplab_v3plus", {**XCEPTION, "separable": False},
+                                       "deeplab_v3plus.table5.decoder_os16"),
+        "Xception-65 decoder, separable": Variant("deeplab_v3plus", {**XCEPTION, "separable": True}),
+    },
+    paper_data="voc",
+    # v3+ Sec. 4: crop 513, batch 16, lr 0.007, poly, 30K iterations at train OS 16 (as v3).
+    paper_recipe={"data": {"crop_size": 513, "batch_size": 16, "scale_range": (0.5, 2.0), "augment": "deeplab"},
+                  "module": {"lr": 0.007}, "trainer": {"max_steps": 30000}, "eval_size": 513, "paper_batch": 16},
+)
+
+if __name__ == "__main__":
+    main(ABLATION)
