@@ -85,7 +85,7 @@ class Throughput(L.Callback):
         self.steps += 1
         if self.last is not None and self.steps > self.warmup:
             self.seconds += now - self.last
-            self.images += batch[0].shape[0] * trainer.world_size
+            self.images += len(batch[0]) * trainer.world_size  # a tensor or a list of images (Mask R-CNN)
         self.last = now
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -132,10 +132,34 @@ def log_results_table(project: str, group: str, dataset: str, rows: list[dict], 
     mode = wandb_mode()
     if mode == "disabled":
         return
-    columns = ["variant", "miou_mean", "miou_std", "n", "paper_miou", "paper_ref", "delta", "pixel_acc",
-               "mean_acc", "fwiou", "params", "gflops", "train_images_per_s", "eval_mode"]
-    table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+    # the task's primary metric (mIoU or mask AP) as mean/std, every other recorded metric as mean
+    primary = rows[0].get("primary", "miou") if rows else "miou"
+    metrics = [k for r in rows for k in r.get("metrics", {}) if k != primary]
+    metrics = list(dict.fromkeys(metrics))
+    columns = ["variant", f"{primary}_mean", f"{primary}_std", "n", f"paper_{primary}", "paper_ref", "delta",
+               *metrics, "params", "gflops", "train_images_per_s", "eval_mode"]
+    data = [[r.get(c, r.get("metrics", {}).get(c, {}).get("mean")) for c in columns] for r in rows]
+    table = wandb.Table(columns=columns, data=data)
     run = wandb.init(project=project, group=group, name=f"{group}-{dataset}-table", job_type="summary",
                      dir=str(out_dir), mode=mode, reinit="finish_previous")
     run.log({"results": table})
+    run.finish()
+
+
+def log_figures(project: str, group: str, dataset: str, paths: list[Path],
+                out_dir: Path | None = None) -> None:
+    """The PNGs of ``experiments.figures.write_figures`` as ``wandb.Image`` s in a 'summary' run
+    of the ablation's group (``figures/<file stem>``); W&B files go to ``out_dir`` (default: the
+    folder above the figures' folder, i.e. the results folder, as for the table)."""
+    paths = [Path(p) for p in paths]
+    mode = wandb_mode()
+    if not paths or mode == "disabled":
+        return
+    import wandb
+
+    out_dir = Path(out_dir) if out_dir is not None else paths[0].parent.parent
+    run = wandb.init(project=project, group=group, name=f"{group}-{dataset}-figures",
+                     job_type="summary", dir=str(out_dir), mode=mode,
+                     reinit="finish_previous")
+    run.log({f"figures/{p.stem}": wandb.Image(str(p), caption=p.stem) for p in paths})
     run.finish()

@@ -20,6 +20,7 @@ from torch import nn
 from models.deeplab import DeepLabLargeFOV, DeepLabV2
 from models.deeplab_v3 import DeepLabV3, DeepLabV3Plus
 from models.fcn import FCN, fcn8s, fcn16s, fcn32s
+from models.mask_rcnn import mask_rcnn
 from models.pspnet import PSPNet
 from models.unet import UNet
 
@@ -33,6 +34,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "deeplab_v3plus": DeepLabV3Plus,
     "pspnet": PSPNet,
     "unet": UNet,
+    "mask_rcnn": mask_rcnn,
 }
 
 

@@ -1,0 +1,124 @@
+"""The LightningModule that trains and evaluates Mask R-CNN (``models.mask_rcnn``).
+
+It receives the plain torchvision-style model and owns the loss, the metrics, the optimiser,
+the schedule and the logging, as ``SegmentationModule`` does for the semantic models:
+
+- Loss: the sum of torchvision's loss dict (RPN objectness + box regression, R-CNN
+  classification + box regression, mask binary cross-entropy), each term logged.
+- Optimiser and schedule: exactly ``SegmentationModule``'s (the same code, not a copy):
+  parameter groups (``head_lr_mult`` for everything outside ``model.backbone`` (ResNet +
+  FPN), i.e. the RPN and RoI heads; ``bias_lr_mult`` for biases; no weight decay on biases and
+  norms), SGD or AdamW, lr = base · poly(global_step) after an optional linear warm-up. The
+  paper's own schedule (He et al. Sec. 3.1: lr 0.02, batch 16, ÷10 at 120k of 160k
+  iterations) is ``poly_power=0, lr_steps=(120000,)``: each step passed multiplies by
+  ``lr_gamma``. Both come from ``global_step``: a resumed run continues the schedule exactly.
+- Metrics: COCO mask and box AP (AP@[.5:.95], AP50, AP75) from torchmetrics'
+  ``MeanAveragePrecision`` over the whole validation set, synced across processes, with the
+  official COCO evaluation code (``backend``: pycocotools or faster_coco_eval). After every
+  validation ``last_metrics = {"val": {"mask_ap", "mask_ap50", "mask_ap75", "box_ap",
+  "box_ap50", "box_ap75"}}`` as fractions in [0, 1], logged as ``val/mask_ap`` etc.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.detection import MeanAveragePrecision
+
+from lightning_modules.segmentation import SegmentationModule, poly_factor
+
+METRIC_KEYS = {"mask_ap": "segm_map", "mask_ap50": "segm_map_50", "mask_ap75": "segm_map_75",
+               "box_ap": "bbox_map", "box_ap50": "bbox_map_50", "box_ap75": "bbox_map_75"}
+
+
+def detection_metric(backend: str = "pycocotools") -> MeanAveragePrecision:
+    """COCO box and mask AP over a whole dataset (predicted masks thresholded at 0.5)."""
+    return MeanAveragePrecision(iou_type=("bbox", "segm"), backend=backend)
+
+
+def to_metric_inputs(outputs: Sequence[dict], targets: Sequence[dict]) -> tuple[list, list]:
+    """torchvision detections / our targets → the dicts ``MeanAveragePrecision.update`` takes."""
+    preds = [{"boxes": o["boxes"], "scores": o["scores"], "labels": o["labels"],
+              "masks": (o["masks"][:, 0] >= 0.5) if o["masks"].dim() == 4 else o["masks"].bool()}
+             for o in outputs]
+    gts = [{"boxes": t["boxes"], "labels": t["labels"], "masks": t["masks"].bool()}
+           for t in targets]
+    return preds, gts
+
+
+class InstanceSegmentationModule(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        optimizer: str = "sgd",
+        lr: float = 0.02,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        poly_power: float = 0.9,
+        warmup_steps: int = 0,
+        lr_steps: Sequence[int] = (),
+        lr_gamma: float = 0.1,
+        head_lr_mult: float = 1.0,
+        bias_lr_mult: float = 1.0,
+        channels_last: bool = False,
+        backend: str = "pycocotools",
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' (the paper's) or 'adamw', got {optimizer!r}")
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.num_classes = num_classes
+        self.val_map = detection_metric(backend)
+        self.last_metrics: dict[str, dict] = {}
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict]:
+        return self.model(images)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.model(images, targets)
+        n = len(images)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), batch_size=n)
+        loss = sum(losses.values())
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
+        return loss
+
+    # --- optimisation: SegmentationModule's parameter groups and step-wise schedule --------
+    configure_optimizers = SegmentationModule.configure_optimizers
+    total_steps = SegmentationModule.total_steps
+
+    def lr_factor(self, step: int) -> float:
+        hp = self.hparams
+        factor = poly_factor(step, self.total_steps(), hp.poly_power, hp.warmup_steps)
+        return factor * hp.lr_gamma ** sum(step >= s for s in hp.lr_steps)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        factor = self.lr_factor(self.global_step)
+        for group in self.optimizers(use_pl_optimizer=False).param_groups:
+            group["lr"] = group["base_lr"] * factor
+        self.log("train/lr", self.hparams.lr * factor, batch_size=len(batch[0]))
+
+    # --- evaluation: one dataset-level COCO evaluation per validation ------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        self.val_map.update(*to_metric_inputs(self.model(images), targets))
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.val_map.compute()  # synced over processes by torchmetrics
+        self.val_map.reset()
+        metrics = {}
+        for key, name in METRIC_KEYS.items():
+            value = float(result[name])
+            metrics[key] = value if value >= 0 else math.nan  # -1: no ground truth at all
+            self.log(f"val/{key}", metrics[key], prog_bar=key == "mask_ap")
+        self.last_metrics["val"] = metrics
