@@ -95,6 +95,8 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> argparse.Namespace
     p.add_argument("--wandb-project", default="segmentation-ablations")
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-figures", action="store_true",
+                   help="skip the bar charts and prediction grid (results/<ablation>/<dataset>/figures/)")
     for option, (choices, default, _) in ablation.options.items():
         p.add_argument(f"--{option}", choices=choices, default=default)
     args = p.parse_args(argv)
@@ -268,7 +270,7 @@ def write_table(ablation: Ablation, args, names: list[str], seeds: list[int], ou
                 smoke_note: str | None, log_wandb: bool = True) -> list[dict]:
     same_data = args.data == ablation.paper_data
     keys = ["val"] + (["val_crf"] if args.crf else [])
-    text, rows_all = [], []
+    text, rows_all, by_key = [], [], {}
     for key in keys:
         rows = collect_rows(ablation, names, seeds, out_dir, key)
         if not same_data:
@@ -293,12 +295,22 @@ def write_table(ablation: Ablation, args, names: list[str], seeds: list[int], ou
         text.append(render_markdown(title, rows, notes))
         write_text_atomic(out_dir / ("results.csv" if key == "val" else "results_crf.csv"), render_csv(rows))
         rows_all += rows
+        by_key[key] = (rows, title)
     markdown = "\n".join(text)
     write_text_atomic(out_dir / "results.md", markdown)
     print("\n" + markdown)
     print(f"(written to {out_dir / 'results.md'} and results.csv)")
+    figures = []
+    if not args.no_figures:
+        from experiments.figures import write_figures
+
+        rows, title = by_key["val"]
+        figures = write_figures(out_dir, rows, title, names, seeds,
+                                crf_rows=by_key["val_crf"][0] if "val_crf" in by_key else None)
+        print(f"(figures: {out_dir / 'figures'})")
     if args.logger == "wandb" and log_wandb:
-        from experiments.tracking import log_results_table
+        from experiments.tracking import log_figures, log_results_table
 
         log_results_table(args.wandb_project, ablation.name, dataset_key(ablation, args), rows_all, out_dir)
+        log_figures(args.wandb_project, ablation.name, dataset_key(ablation, args), figures)
     return rows_all
