@@ -1,0 +1,1 @@
+"""Command-line tools: README table generation, receptive-field study."""
