@@ -185,7 +185,9 @@ def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, var
         eval_size = [eval_size, eval_size]
     return {
         "model": variant.model,
-        "model_kwargs": {**variant.kwargs, **recipe.get("model", {}), "width": width, "pretrained": pretrained},
+        # a variant that fixes `pretrained` (U-Net: there are no weights) keeps it in every preset
+        "model_kwargs": {**variant.kwargs, **recipe.get("model", {}), "width": width,
+                         "pretrained": variant.kwargs.get("pretrained", pretrained)},
         "data": data, "module": module, "trainer": trainer, "eval_size": eval_size,
         "paper_batch": recipe.get("paper_batch"),
     }

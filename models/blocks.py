@@ -7,6 +7,9 @@
   the plain conv has 3·3·3·16 = 432 weights, the separable one 3·3·3 + 3·16 = 27 + 48 = 75.
 - :func:`bilinear_kernel` / :class:`BilinearUpsample` — the transposed convolution that FCN
   (Long et al. Sec. 3.3) initialises to exact bilinear interpolation, learnable or fixed.
+- :class:`ResizeConv` — fixed bilinear upsampling followed by a learnable convolution, the
+  "resize-convolution" of Odena, Dumoulin & Olah, "Deconvolution and Checkerboard Artifacts"
+  (Distill 2016), initialised to the identity so it starts as plain bilinear upsampling.
 - :func:`scale_channels` — the ``width`` multiplier: scales a channel count while keeping the
   topology, so CPU-sized runs ablate the same structure as the paper's.
 """
@@ -116,3 +119,25 @@ class BilinearUpsample(nn.ConvTranspose2d):
         self.weight.requires_grad_(learnable)
         self.factor = factor
         self.learnable = learnable
+
+
+class ResizeConv(nn.Sequential):
+    """Resize-convolution (Odena et al. 2016): fixed bilinear ×``factor``, then a learnable conv.
+
+    The resize is a frozen :class:`BilinearUpsample` (same size and alignment as the learnable
+    transposed conv it replaces, so a caller can swap the two without touching its cropping);
+    the ``kernel_size`` conv (odd, "same" padding, no bias, ``channels`` → ``channels``) is
+    initialised to the identity (Dirac), so at initialisation the block *is* bilinear
+    upsampling, as FCN's deconvolutions start as bilinear (Long et al. Sec. 3.3). Every output
+    pixel sees the same number of kernel taps, so unlike a transposed conv whose kernel is not
+    divisible by its stride it cannot produce uneven-overlap checkerboards by construction.
+    """
+
+    def __init__(self, channels: int, factor: int, kernel_size: int = 3) -> None:
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+        conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=False)
+        with torch.no_grad():
+            nn.init.dirac_(conv.weight)
+        super().__init__(BilinearUpsample(channels, factor, learnable=False), conv)
+        self.factor = factor

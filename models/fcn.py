@@ -14,12 +14,21 @@ training; the paper trains 16s from 32s and 8s from 16s (stage-wise; that is tra
 Knobs:
 
 - ``skips`` — ``()`` FCN-32s, ``("pool4",)`` FCN-16s, ``("pool4", "pool3")`` FCN-8s.
-- ``learnable_upsampling`` — True (paper, Sec. 4.3, Dense Prediction: "final layer
+- ``upsampling`` — how the intermediate 2× layers (one per skip) upsample the score map:
+  ``"transposed"`` (paper, Sec. 3.3 and Sec. 4.3, Dense Prediction: "final layer
   deconvolutional filters are fixed to bilinear interpolation, while intermediate upsampling
-  layers are initialized to bilinear upsampling, and then learned"): the 2× layers learn, the
-  final one is fixed. False: every upsampling layer is fixed at bilinear (the reference Caffe
-  nets, ``lr_mult: 0``). FCN-32s has no intermediate layer, so the knob does not change it.
-  Fixed layers keep their weights as parameters with ``requires_grad=False``.
+  layers are initialized to bilinear upsampling, and then learned"): a learnable 4×4 stride-2
+  transposed conv initialised to bilinear; ``"bilinear"``: the same layer frozen at bilinear
+  (the reference Caffe nets, ``lr_mult: 0``); ``"resize_conv"``: frozen bilinear then a
+  learnable 3×3 conv initialised to the identity (Odena et al., Distill 2016, "Deconvolution
+  and Checkerboard Artifacts"), so all three start as the same function and differ only in
+  what training may do to them. ``None`` = ``"transposed"``. The final 32×/16×/8× layer stays
+  fixed bilinear in every mode, as in the paper, so the knob changes only the layers the paper
+  learns (a fixed bilinear kernel overlaps evenly and adds no checkerboard of its own).
+  FCN-32s has no intermediate layer, so the knob does not change it. Fixed layers keep their
+  weights as parameters with ``requires_grad=False``.
+- ``learnable_upsampling`` — the older boolean form of ``upsampling``: True = ``"transposed"``,
+  False = ``"bilinear"``. Either may be given; both is an error unless they agree.
 - ``paper_padding`` — True: the reference's geometry. ``conv1_1`` pads by 100 and fc6 is
   un-padded, so any input yields a score map; the Caffe ``Crop`` layers then align the maps at
   the offsets of :data:`CAFFE_SKIP_OFFSETS` / :data:`CAFFE_FINAL_OFFSETS` (derived below), and
@@ -42,17 +51,38 @@ of a cell: pool``k``: ``2^k·y - 99 + (2^k - 1)/2``  (pool5: ``32y - 83.5``), sc
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
 from models.backbones.vgg import VGG16
-from models.blocks import BilinearUpsample
+from models.blocks import BilinearUpsample, ResizeConv
 from models.pretrained import PretrainedArg
 
 SKIP_ORDER = ("pool4", "pool3")
 CAFFE_SKIP_OFFSETS = {"pool4": 5, "pool3": 9}
 CAFFE_FINAL_OFFSETS = {32: 19, 16: 27, 8: 31}
 CAFFE_FIRST_PADDING = 100
+UPSAMPLINGS = ("transposed", "resize_conv", "bilinear")
+RESIZE_CONV_KERNEL = 3  # Odena et al.'s resize-convolution uses an ordinary 3×3 conv
+
+
+def resolve_upsampling(upsampling: str | None, learnable_upsampling: bool | None) -> str:
+    """The ``upsampling`` mode from the new knob and/or the older boolean (see module doc)."""
+    if upsampling is not None and upsampling not in UPSAMPLINGS:
+        raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
+    if learnable_upsampling is None:
+        return upsampling or "transposed"
+    implied = "transposed" if learnable_upsampling else "bilinear"
+    if upsampling is None:
+        return implied
+    if (upsampling == "bilinear") == bool(learnable_upsampling):
+        raise ValueError(
+            f"upsampling={upsampling!r} contradicts learnable_upsampling={learnable_upsampling}; "
+            f"give only upsampling"
+        )
+    return upsampling
 
 
 def _score(in_channels: int, num_classes: int) -> nn.Conv2d:
@@ -80,7 +110,8 @@ class FCN(nn.Module):
         backbone: str = "vgg16",
         pretrained: PretrainedArg = False,
         width: float = 1.0,
-        learnable_upsampling: bool = True,
+        upsampling: Literal["transposed", "resize_conv", "bilinear"] | None = None,
+        learnable_upsampling: bool | None = None,
         paper_padding: bool = False,
         dropout: float = 0.5,
         batch_norm: bool = False,
@@ -92,6 +123,7 @@ class FCN(nn.Module):
         if skips != SKIP_ORDER[:len(skips)]:
             raise ValueError(f"skips must be (), ('pool4',) or ('pool4', 'pool3'), got {skips}")
         self.skips = skips
+        self.upsampling = resolve_upsampling(upsampling, learnable_upsampling)
         self.paper_padding = paper_padding
         self.backbone = VGG16(
             width=width,
@@ -104,15 +136,19 @@ class FCN(nn.Module):
         channels = self.backbone.channels
         self.score_fr = _score(channels["fc7"], num_classes)
         self.score_skips = nn.ModuleDict({s: _score(channels[s], num_classes) for s in skips})
-        self.upscore_skips = nn.ModuleList(
-            BilinearUpsample(num_classes, 2, learnable=learnable_upsampling) for _ in skips
-        )
+        self.upscore_skips = nn.ModuleList(self._skip_upsample(num_classes) for _ in skips)
         self.final_stride = 32 // 2 ** len(skips)
         self.upscore = BilinearUpsample(num_classes, self.final_stride, learnable=False)
         if paper_padding:  # Caffe's Deconvolution has no padding; the Crop layers align instead.
-            for up in (*self.upscore_skips, self.upscore):
-                up.padding = (0, 0)
+            for up in self.modules():
+                if isinstance(up, BilinearUpsample):
+                    up.padding = (0, 0)
         self.output_stride = 32
+
+    def _skip_upsample(self, num_classes: int) -> nn.Module:
+        if self.upsampling == "resize_conv":
+            return ResizeConv(num_classes, 2, RESIZE_CONV_KERNEL)
+        return BilinearUpsample(num_classes, 2, learnable=self.upsampling == "transposed")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """fc7 activations: the stride-32 map that ``score_fr`` classifies."""

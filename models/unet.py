@@ -11,13 +11,19 @@ Knobs:
 - ``depth``: number of poolings (4 in the paper); ``base_channels``/``width``: channel widths.
 - ``padding``: ``"valid"`` (paper: no padding, output smaller than input, skips centre-cropped) or
   ``"same"`` (zero-padded 3×3 convs, the common modern variant).
-- ``upsampling``: ``"transposed"`` (paper's 2×2 stride-2 up-conv) or ``"bilinear"``: the
-  resize-convolution of Odena et al. 2016 ("Deconvolution and Checkerboard Artifacts"): bilinear
-  ×2 resize and a 1×1 conv halving the channels (the form of jvanvugt/pytorch-unet's
-  ``up_mode="upsample"``). A 1×1 conv keeps the paper's size arithmetic and, being linear and
-  pointwise, commutes with the resize, so it runs first, at low resolution. In ``"valid"`` mode
-  the two border pixels whose bilinear value would be extrapolated are cropped, so no output ever
-  depends on padding and overlap-tiling stays exact.
+- ``upsampling`` (the ablation of Odena et al. 2016, "Deconvolution and Checkerboard
+  Artifacts", Distill): ``"transposed"`` (paper): 2×2 stride-2 up-conv halving the channels;
+  ``"resize_conv"``: bilinear ×2 resize and a 1×1 conv halving the channels (the form of
+  jvanvugt/pytorch-unet's ``up_mode="upsample"``; together with the level's 3×3 convs that
+  follow, it is Odena's resize-then-convolve). A 1×1 conv keeps the paper's size arithmetic
+  and, being linear and pointwise, commutes with the resize, so it runs first, at low
+  resolution. ``"bilinear"``: the resize alone, no learned layer; the channels are not halved
+  there, so the level's first 3×3 conv takes the concatenation of ``2c`` up-sampled and ``c``
+  skip channels (``3c`` instead of ``2c``) and does the reduction. In ``"valid"`` mode both
+  resize modes crop the two border pixels whose bilinear value would be extrapolated, so no
+  output ever depends on padding and overlap-tiling stays exact.
+- ``pretrained``: accepted for the common model signature; only ``False`` (the paper trains
+  from scratch, there is no ImageNet encoder).
 - ``batch_norm``: BN after each 3×3 conv (not in the paper). ``dropout``: the paper's "drop-out
   layers at the end of the contracting path" (Sec. 3.1): after the bottleneck; the paper gives
   no rate, so the default 0 leaves it off.
@@ -27,7 +33,11 @@ single-tile overlap-tile strategy: the input is mirror-padded (Fig. 2) by the co
 the valid output covers it, then cropped. Padding is anchored at the top-left (``margin`` rows
 before, the rest after), so the max-pooling grid is the same as in :func:`overlap_tile_predict`,
 whose tiles are placed on multiples of ``2^depth``: tiling then reproduces ``forward`` exactly and
-is purely a memory device. ``"same"`` mode mirror-pads to a multiple of ``2^depth`` and crops.
+is purely a memory device. ``"same"`` mode mirror-pads to a multiple of ``2^depth`` and crops;
+inside, its convs zero-pad. :func:`overlap_tile_predict` also tiles a same-padded network (each
+tile with :meth:`UNet.receptive_radius` px of context); it then agrees with ``forward``
+wherever ``forward``'s receptive field stays inside the image, and differs near the image
+border, where tiles see mirrored image content and ``forward`` sees zero padding.
 
 No ``output_stride`` is declared: U-Net predicts at full resolution, and in valid mode its
 bottleneck is not at a fixed stride of the input (572 → 28), so there is no ``features()``.
@@ -47,14 +57,14 @@ from models.blocks import ConvBNReLU, scale_channels
 from models.unet_weights import unet_weight_map
 
 PADDINGS = ("valid", "same")
-UPSAMPLINGS = ("transposed", "bilinear")
+UPSAMPLINGS = ("transposed", "resize_conv", "bilinear")
 
 
 def _up_loss(upsampling: str) -> int:
-    """Pixels lost per valid-mode up-sampling (bilinear drops its 2 extrapolated borders)."""
+    """Pixels lost per valid-mode up-sampling (a resize drops its 2 extrapolated borders)."""
     if upsampling not in UPSAMPLINGS:
         raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
-    return 2 if upsampling == "bilinear" else 0
+    return 0 if upsampling == "transposed" else 2
 
 
 def valid_output_size(input_size: int, depth: int = 4, upsampling: str = "transposed") -> int:
@@ -151,13 +161,15 @@ class BilinearResize2x(nn.Module):
 
 
 class UpConv(nn.Sequential):
-    """Up-sampling ×2 that halves the channels: 2×2 up-conv (paper) or resize-convolution."""
+    """Up-sampling ×2: 2×2 up-conv or resize-conv (both halve the channels), or a bare resize."""
 
     def __init__(self, in_channels: int, out_channels: int, upsampling: str, valid: bool) -> None:
         if upsampling == "transposed":
             super().__init__(nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2))
-        else:  # 1×1 conv commutes with the resize: run it at low resolution
+        elif upsampling == "resize_conv":  # 1×1 conv commutes with the resize: run it first
             super().__init__(nn.Conv2d(in_channels, out_channels, 1), BilinearResize2x(valid))
+        else:
+            super().__init__(BilinearResize2x(valid))
 
 
 class UNet(nn.Module):
@@ -170,12 +182,16 @@ class UNet(nn.Module):
         base_channels: int = 64,
         depth: int = 4,
         padding: Literal["valid", "same"] = "valid",
-        upsampling: Literal["transposed", "bilinear"] = "transposed",
+        upsampling: Literal["transposed", "resize_conv", "bilinear"] = "transposed",
         batch_norm: bool = False,
         width: float = 1.0,
         dropout: float = 0.0,
+        pretrained: bool = False,
     ) -> None:
         super().__init__()
+        if pretrained:
+            raise ValueError("U-Net is trained from scratch (Sec. 3): it has no pretrained "
+                             "weights; pass pretrained=False")
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         _up_loss(upsampling)
@@ -196,8 +212,11 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(
             UpConv(chans[k + 1], chans[k], upsampling, valid) for k in reversed(range(depth))
         )
+        # skip (c) + up-sampled (c; the 2c of the level below when a bare resize keeps them)
+        up_out = chans[1:] if upsampling == "bilinear" else chans[:-1]
         self.decoder = nn.ModuleList(
-            DoubleConv(2 * chans[k], chans[k], pad, batch_norm) for k in reversed(range(depth))
+            DoubleConv(chans[k] + up_out[k], chans[k], pad, batch_norm)
+            for k in reversed(range(depth))
         )
         self.classifier = nn.Conv2d(chans[0], num_classes, 1)
         self._init_weights()
@@ -227,6 +246,29 @@ class UNet(nn.Module):
         size = self.valid_input_size(1)
         return (size - self.valid_output_size(size)) // 2
 
+    def tile_geometry(self, tile: int) -> tuple[int, int]:
+        """``(input tile side, context margin)`` for an output tile of side ``tile``.
+
+        Valid: the legal input whose valid output covers the tile. Same: the tile plus
+        :meth:`receptive_radius` on each side, rounded up to a multiple of ``2^depth`` to keep
+        the pooling grid; the margin's outputs are discarded.
+        """
+        if self.padding == "valid":
+            return self.valid_input_size(tile), self.context_margin()
+        m = 2**self.depth
+        margin = math.ceil(self.receptive_radius() / m) * m
+        return tile + 2 * margin, margin
+
+    def receptive_radius(self) -> int:
+        """Farthest input pixel (in rows or columns) an output pixel of the net can depend on.
+
+        ``context_margin() + 2^depth − 1``: the valid net's convs shift its pooling grid so that
+        its outputs sit where the field is smallest (92 px for the paper's net); over all the
+        ``2^depth`` positions within a pooling cell, a same-padded net reaches up to
+        ``2^depth − 1`` px farther (107 px; measured by gradients in the tests).
+        """
+        return self.context_margin() + 2**self.depth - 1
+
     # --- forward ----------------------------------------------------------------------------
     def _unet(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -248,6 +290,13 @@ class UNet(nn.Module):
             self.valid_output_size(side)  # raises for illegal sizes
         return self._unet(x)
 
+    def forward_tile(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+        """Logits of the ``tile``² output tile of an input tile from :meth:`tile_geometry`."""
+        if self.padding == "valid":
+            return self.forward_valid(x)[..., :tile, :tile]
+        margin = self.tile_geometry(tile)[1]
+        return self._unet(x)[..., margin : margin + tile, margin : margin + tile]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
         if self.padding == "valid":
@@ -262,22 +311,24 @@ class UNet(nn.Module):
 
 @torch.no_grad()
 def overlap_tile_predict(model: UNet, image: torch.Tensor, tile_size: int = 384) -> torch.Tensor:
-    """Overlap-tile inference (Sec. 2, Fig. 2) of a valid-padded U-Net on an arbitrary image.
+    """Overlap-tile inference (Sec. 2, Fig. 2) of a U-Net on an arbitrary image.
 
     ``image`` is C×H×W or N×C×H×W; returns logits at its size (K×H×W or N×K×H×W). Output tiles of
     side ``tile_size`` (rounded up to a multiple of ``2^depth`` so every tile sees the same pooling
-    grid) partition the image; each is predicted by ``forward_valid`` from its input tile, i.e. the
-    output tile plus the context margin, mirror-padded beyond the image. Each output pixel is
-    written exactly once (added into a zero canvas, so a coverage count is the prediction of an
-    all-ones model), and the result equals ``model(image)["out"]``. Call ``model.eval()`` first.
+    grid) partition the image; each is predicted by :meth:`UNet.forward_tile` from its input tile,
+    i.e. the output tile plus the context margin, mirror-padded beyond the image. Each output
+    pixel is written exactly once (added into a zero canvas, so a coverage count is the
+    prediction of an all-ones model). Valid padding (the paper's): the result equals
+    ``model(image)["out"]``. Same padding: it equals ``model(image)["out"]`` wherever that one's
+    receptive field (``model.receptive_radius()`` px) lies inside the image, and elsewhere replaces
+    the zero padding by mirrored context. Call ``model.eval()`` first.
     """
     batched = image.dim() == 4
     x = image if batched else image[None]
     h, w = x.shape[-2:]
     m = 2**model.depth
     tile = max(m, math.ceil(tile_size / m) * m)
-    in_tile = model.valid_input_size(tile)
-    margin = (in_tile - model.valid_output_size(in_tile)) // 2
+    in_tile, margin = model.tile_geometry(tile)
     ny, nx = math.ceil(h / tile), math.ceil(w / tile)
     x = mirror_pad(x, (margin, nx * tile - w + in_tile - tile - margin,
                        margin, ny * tile - h + in_tile - tile - margin))
@@ -285,10 +336,10 @@ def overlap_tile_predict(model: UNet, image: torch.Tensor, tile_size: int = 384)
     for i in range(ny):
         for j in range(nx):
             y0, x0 = i * tile, j * tile
-            pred = model.forward_valid(x[..., y0 : y0 + in_tile, x0 : x0 + in_tile])
+            pred = model.forward_tile(x[..., y0 : y0 + in_tile, x0 : x0 + in_tile], tile)
             if out is None:
                 out = pred.new_zeros(*pred.shape[:2], ny * tile, nx * tile)
-            out[..., y0 : y0 + tile, x0 : x0 + tile] += pred[..., :tile, :tile]
+            out[..., y0 : y0 + tile, x0 : x0 + tile] += pred
     out = out[..., :h, :w]
     return out if batched else out[0]
 

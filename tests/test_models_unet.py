@@ -20,7 +20,8 @@ from models.unet import (
 )
 from tests.model_checks import check_segmentation_model, count_parameters
 
-VARIANTS = [(p, u) for p in ("valid", "same") for u in ("transposed", "bilinear")]
+UPSAMPLINGS = ["transposed", "resize_conv", "bilinear"]
+VARIANTS = [(p, u) for p in ("valid", "same") for u in UPSAMPLINGS]
 
 
 # --- architecture -------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ def test_paper_sizes_fig1():
             valid_output_size(illegal)
 
 
-@pytest.mark.parametrize("upsampling", ["transposed", "bilinear"])
+@pytest.mark.parametrize("upsampling", UPSAMPLINGS)
 def test_valid_input_size_is_smallest_legal(upsampling):
     for out in (1, 30, 97, 388):
         size = valid_input_size(out, upsampling=upsampling)
@@ -67,7 +68,7 @@ def _legal(size: int, upsampling: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("upsampling", ["transposed", "bilinear"])
+@pytest.mark.parametrize("upsampling", UPSAMPLINGS)
 def test_forward_valid_size_and_illegal_input(upsampling):
     model = UNet(num_classes=3, in_channels=1, base_channels=2, upsampling=upsampling).eval()
     with torch.no_grad():
@@ -80,18 +81,32 @@ def test_forward_valid_size_and_illegal_input(upsampling):
         UNet(num_classes=3, padding="same").forward_valid(torch.randn(1, 3, 252, 252))
 
 
-def test_bilinear_up_is_resize_then_conv():
+def test_resize_conv_up_is_resize_then_conv():
     """The 1×1 conv runs before the resize; with interpolation weights summing to 1 that is the
     same map as Odena et al.'s resize-then-convolve (bias included)."""
-    model = UNet(num_classes=2, base_channels=4, padding="same", upsampling="bilinear")
+    model = UNet(num_classes=2, base_channels=4, padding="same", upsampling="resize_conv")
     conv, resize = model.up[0]
     x = torch.randn(1, conv.in_channels, 6, 9)
     with torch.no_grad():
         upsampled = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         torch.testing.assert_close(model.up[0](x), conv(upsampled))
-        valid = UNet(num_classes=2, base_channels=4, upsampling="bilinear").up[0]
+        valid = UNet(num_classes=2, base_channels=4, upsampling="resize_conv").up[0]
         assert valid(x).shape[-2:] == (10, 16)  # the two extrapolated border pixels are dropped
         torch.testing.assert_close(valid(x), valid[0](upsampled)[..., 1:-1, 1:-1])
+
+
+def test_fixed_bilinear_up_has_no_weights_and_the_decoder_takes_the_extra_channels():
+    model = UNet(num_classes=2, base_channels=4, upsampling="bilinear")
+    assert all(sum(p.numel() for p in up.parameters()) == 0 for up in model.up)
+    # level k: concatenation of the skip (4·2^k) and the un-halved up-sampled map (4·2^(k+1))
+    assert [lvl[0].in_channels for lvl in model.decoder] == [96, 48, 24, 12]
+    x = torch.randn(1, 32, 6, 9)
+    with torch.no_grad():
+        ref = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(model.up[1](x), ref[..., 1:-1, 1:-1])
+    resize_conv = count_parameters(UNet(num_classes=2, base_channels=4, upsampling="resize_conv"))
+    transposed = count_parameters(UNet(num_classes=2, base_channels=4))
+    assert count_parameters(model) > resize_conv and transposed > resize_conv
 
 
 def test_bad_knobs():
@@ -101,7 +116,7 @@ def test_bad_knobs():
         UNet(num_classes=2, upsampling="nearest")
 
 
-@pytest.mark.parametrize("upsampling", ["transposed", "bilinear"])
+@pytest.mark.parametrize("upsampling", UPSAMPLINGS)
 def test_valid_forward_agrees_with_forward_valid_in_the_interior(upsampling):
     """Where the receptive field lies inside x and the pooling grids coincide, ``forward`` (mirror
     padded by the context margin, anchored top-left) and ``forward_valid`` on a crop agree."""
@@ -155,7 +170,67 @@ def test_overlap_tile_covers_every_pixel_exactly_once():
     assert calls == [(in_tile, in_tile)] * (math.ceil(130 / 48) * math.ceil(101 / 48))
 
 
-@pytest.mark.parametrize("upsampling", ["transposed", "bilinear"])
+def test_overlap_tile_of_same_padding_covers_every_pixel_exactly_once():
+    model = UNet(num_classes=3, in_channels=1, base_channels=2, depth=3, padding="same")
+    in_tile, margin = model.tile_geometry(32)
+    assert margin % 8 == 0 and margin >= model.receptive_radius() and in_tile == 32 + 2 * margin
+    calls = []
+
+    def ones(x):  # a same-padded model: output at the input's size
+        calls.append(tuple(x.shape[-2:]))
+        return torch.ones(x.shape[0], 3, *x.shape[-2:])
+
+    model._unet = ones
+    coverage = overlap_tile_predict(model, torch.zeros(2, 1, 70, 33), tile_size=30)  # -> 32
+    assert coverage.shape == (2, 3, 70, 33) and (coverage == 1).all()
+    assert calls == [(in_tile, in_tile)] * (3 * 2)
+
+
+@pytest.mark.parametrize("upsampling", UPSAMPLINGS)
+def test_overlap_tile_of_same_padding_equals_whole_image_inference_in_the_interior(upsampling):
+    """Tiles with the receptive-field margin reproduce whole-image inference of a same-padded
+    net exactly where its receptive field lies inside the image; at the image border they see
+    mirrored context instead of zero padding, so there the two differ (as they should)."""
+    torch.manual_seed(0)
+    model = UNet(num_classes=2, in_channels=1, base_channels=2, depth=2, padding="same",
+                 upsampling=upsampling)
+    model.double().eval()
+    with torch.no_grad():  # non-zero biases, so zero padding is visibly not mirrored content
+        for m in model.modules():
+            if getattr(m, "bias", None) is not None:
+                m.bias.normal_()
+    r = model.receptive_radius()
+    h, w = 2 * r + 30, 2 * r + 21
+    image = torch.randn(1, 1, h, w, dtype=torch.float64)
+    tiled = overlap_tile_predict(model, image, tile_size=24)  # 4×3 tiles
+    with torch.no_grad():
+        whole = model(image)["out"]
+    assert tiled.shape == whole.shape == (1, 2, h, w)
+    inner = (..., slice(r, h - r), slice(r, w - r))
+    torch.testing.assert_close(tiled[inner], whole[inner])
+    assert not torch.allclose(tiled[..., :2, :], whole[..., :2, :])
+
+
+@pytest.mark.parametrize("upsampling", UPSAMPLINGS)
+def test_receptive_radius_of_same_padding_is_the_measured_one(upsampling):
+    """Gradient of one output row w.r.t. the input, at every position within a pooling cell: the
+    farthest input row reached is exactly ``receptive_radius()``."""
+    torch.manual_seed(0)
+    model = UNet(num_classes=1, in_channels=1, base_channels=2, depth=2, padding="same",
+                 upsampling=upsampling).double().eval()
+    r, m = model.receptive_radius(), 2**model.depth
+    size = 4 * r + 4 * m
+    reach = 0
+    for phase in range(m):
+        x = torch.randn(1, 1, size, 8, dtype=torch.float64, requires_grad=True)
+        row = (size // 2 // m) * m + phase
+        grad = torch.autograd.grad(model._unet(x)[0, 0, row].sum(), x)[0][0, 0].abs().sum(1)
+        rows = grad.nonzero().flatten()
+        reach = max(reach, row - int(rows.min()), int(rows.max()) - row)
+    assert reach == r
+
+
+@pytest.mark.parametrize("upsampling", UPSAMPLINGS)
 def test_overlap_tile_equals_whole_image_valid_inference(upsampling):
     torch.manual_seed(0)
     model = UNet(num_classes=2, in_channels=1, base_channels=2, upsampling=upsampling)

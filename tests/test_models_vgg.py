@@ -13,7 +13,7 @@ from torch import nn
 
 from models import build_model
 from models.backbones.vgg import VGG16
-from models.blocks import bilinear_kernel
+from models.blocks import BilinearUpsample, ResizeConv, bilinear_kernel
 from models.deeplab import ASPP_L, ASPP_S, DeepLabLargeFOV, DeepLabV2
 from models.fcn import CAFFE_FINAL_OFFSETS, CAFFE_SKIP_OFFSETS, FCN, fcn8s, fcn16s, fcn32s
 from tests.model_checks import check_output_stride, check_segmentation_model, count_parameters
@@ -28,6 +28,12 @@ FCNS = {"fcn32s": fcn32s, "fcn16s": fcn16s, "fcn8s": fcn8s}
 def test_fcn_shared_checks(name, paper_padding, learnable):
     model = FCNS[name](num_classes=5, width=W, paper_padding=paper_padding,
                        learnable_upsampling=learnable)
+    check_segmentation_model(model, num_classes=5)
+
+
+@pytest.mark.parametrize("paper_padding", [True, False], ids=["pad100-crop", "same-pad"])
+def test_fcn8s_resize_conv_shared_checks(paper_padding):
+    model = fcn8s(num_classes=5, width=W, paper_padding=paper_padding, upsampling="resize_conv")
     check_segmentation_model(model, num_classes=5)
 
 
@@ -173,6 +179,49 @@ def test_fcn8s_init_and_learnable_upsampling(learnable):
     assert not torch.allclose(before, ones)
 
 
+@pytest.mark.parametrize("paper_padding", [True, False], ids=["pad100-crop", "same-pad"])
+def test_fcn8s_upsampling_modes_start_as_the_same_function(paper_padding):
+    """All three modes are initialised to bilinear upsampling (resize-conv's 3×3 conv to the
+    identity), so they differ only in what training does; and only the 2× layers differ."""
+    torch.manual_seed(0)
+    models = {u: fcn8s(num_classes=3, width=W, paper_padding=paper_padding, upsampling=u).eval()
+              for u in ("transposed", "resize_conv", "bilinear")}
+    state = models["transposed"].state_dict()
+    for key in [k for k in state if k.startswith(("score", "backbone"))]:
+        state[key] = torch.randn_like(state[key]) if "score" in key else state[key]
+    x = torch.randn(1, 3, 75, 90)
+    outs = {}
+    for u, model in models.items():
+        model.load_state_dict(state, strict=False)  # upscore_skips differ in structure
+        with torch.no_grad():
+            outs[u] = model(x)["out"]
+    assert outs["transposed"].abs().sum() > 0
+    torch.testing.assert_close(outs["resize_conv"], outs["transposed"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs["bilinear"], outs["transposed"])
+    up = models["resize_conv"].upscore_skips
+    assert all(isinstance(m, ResizeConv) and not m[0].weight.requires_grad for m in up)
+    assert all(m[1].weight.requires_grad and m[1].kernel_size == (3, 3) for m in up)
+    assert [m.weight.requires_grad for m in models["bilinear"].upscore_skips] == [False, False]
+    for model in models.values():
+        assert isinstance(model.upscore, BilinearUpsample)
+        assert not model.upscore.weight.requires_grad
+
+
+def test_fcn_upsampling_knob_and_the_older_boolean():
+    assert fcn8s(3, width=W).upsampling == "transposed"
+    assert fcn8s(3, width=W, learnable_upsampling=False).upsampling == "bilinear"
+    assert fcn8s(3, width=W, learnable_upsampling=True).upsampling == "transposed"
+    assert fcn8s(3, width=W, upsampling="resize_conv", learnable_upsampling=True).upsampling \
+        == "resize_conv"
+    assert fcn8s(3, width=W, upsampling="bilinear", learnable_upsampling=False).upsampling \
+        == "bilinear"
+    for up, learnable in (("bilinear", True), ("transposed", False), ("resize_conv", False)):
+        with pytest.raises(ValueError, match="contradicts"):
+            fcn8s(3, width=W, upsampling=up, learnable_upsampling=learnable)
+    with pytest.raises(ValueError, match="upsampling"):
+        fcn8s(3, width=W, upsampling="nearest")
+
+
 def test_fcn_rejects_other_backbones_and_skip_orders():
     with pytest.raises(ValueError, match="vgg16"):
         FCN(num_classes=3, backbone="resnet50", width=W)
@@ -234,6 +283,10 @@ def test_parameter_counts():
     assert trainable == 134_346_581 + (512 * 21 + 21) + (256 * 21 + 21) + 2 * 21 * 21 * 16
     assert total == trainable + 21 * 21 * 16 * 16 == 134_489_759
     assert _count(fcn8s, learnable_upsampling=False)[1] == 134_362_751
+    assert _count(fcn8s, upsampling="bilinear") == (134_489_759, 134_362_751)
+    total, trainable = _count(fcn8s, upsampling="resize_conv")  # learned 3×3 instead of 4×4
+    assert trainable == 134_362_751 + 2 * 21 * 21 * 9
+    assert total == trainable + 2 * 21 * 21 * 16 + 21 * 21 * 16 * 16
     assert _count(DeepLabLargeFOV) == (CONV + LFOV,) * 2 == (20_505_429,) * 2  # v1 Table 2
     aspp_l = _count(DeepLabV2, backbone="vgg16", atrous_rates=ASPP_L)[0]
     assert aspp_l == CONV + 4 * LFOV == 37_877_652  # v2 Table 3, four fc6-fc7-fc8 branches
