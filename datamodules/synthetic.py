@@ -15,6 +15,8 @@ task           property (paper)                        why it is decisive
                                                        shapes come at radii 4 px .. 0.3 * size
 ``context``    global context (PSPNet pyramid pool)    identical objects take their class from
                                                        the scene around them
+``touching``   thin separating borders (U-Net Eq. 2)   touching cells split by 1-2 px
+                                                       background borders; mIoU barely sees them
 =============  ======================================  ========================================
 
 Every item ``i`` of split ``s`` is drawn from ``numpy.random.default_rng(SeedSequence((task,
@@ -329,29 +331,40 @@ class MultiScaleShapes(SyntheticSegmentation):
 
 
 class ContextScenes(SyntheticSegmentation):
-    """PSPNet pyramid pooling: identical objects whose class is set by the scene around them.
+    """PSPNet pyramid pooling: identical objects whose class is set by a scene seen only far away.
 
-    Classes: "water", "road" (the two scene backgrounds), "boat" (object on water), "car"
-    (object on road) -- the mismatched-relationship case of the PSPNet paper. The scenes are
-    classes of their own, as water and road are in ADE20K, so the scene is supervised rather
-    than left implicit in one "background". Scenes are locally unmistakable (water: blue with
-    wave ripples; road: grey asphalt grain with dashed white/yellow lane marks), so the two
-    background classes are easy. Objects are 1-2 rotated superellipses whose long axis is
-    36-64% of the image side (aspect 0.6-1), entirely inside the image (placed by the extent
-    of their outline), with a saturated non-blue colour and the same texture and noise in
-    both scenes. The object layer (shape, position, colour, texture, noise) comes from one
-    child RNG stream and the scene layer from another, so an object's pixels are
-    bit-identical whichever scene it is put in (``render(index, scene=...)``; tested): no
-    colour, border or texture inside an object leaks the scene. A pixel deep inside a
-    46-82 px object is classified only by features that reach beyond it, which global /
-    pyramid pooling provides and a local receptive field does not: a purely local model is
-    at chance (50%) on object pixels. The void band is 2 px outside each object.
+    Classes: "water", "road" (the two scenes), "boat" (object on water), "car" (object on road)
+    -- the mismatched-relationship case of the PSPNet paper. The scene is visible only in a
+    frame of ``frame_width`` px (about 6% of the side) along the image border: water (blue with
+    wave ripples) or road (grey asphalt grain with dashed lane marks). Inside the frame the scene
+    is covered by a haze that is identical in both scenes, and the haze is labelled with the
+    scene it covers (a pixel of fog over water is water), so every interior pixel -- haze or
+    object -- takes its class from the frame alone. Objects are 1-2 rotated superellipses whose
+    long axis is 36-64% of the side (aspect 0.6-1), inside the hazy interior, with a saturated
+    non-blue colour. The object and haze layers come from RNG streams independent of the
+    scene's, so all interior pixels are bit-identical whichever scene is drawn
+    (``render(index, scene=...)``; tested): nothing inside the frame leaks the scene.
+
+    Why this decides the score for PSPNet's network: the dilated ResNet-50 sees the whole image
+    in theory (theoretical RF ~500 px), but its *effective* RF is far smaller. Measured with
+    ``tools/receptive_field.py`` on the trained no-pyramid smoke model of the previous design,
+    95% of the gradient mass lay within 52 px of the output pixel at 128 px and 78 px at 256 px
+    (Luo et al. 2016: the ERF is a fraction of the theoretical one). Here the image centre is
+    ``size/2 - frame_width`` px from the nearest scene pixel (84 px at the default 192 px), so a
+    network without global context must guess the scene for the central haze and objects
+    (chance: 50%), while a global pooling bin sees the frame wherever it is. The void band is
+    2 px outside each object.
     """
 
     task, task_id = "context", 3
     class_names = ("water", "road", "boat", "car")
     palette = [(40, 110, 190), (128, 128, 128), (250, 190, 30), (200, 30, 30)]
     band_width = 2
+    default_image_size = 192
+
+    @property
+    def frame_width(self) -> int:
+        return max(4, round(0.06 * self.image_size))
 
     def render(self, index: int, scene: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Item `index`, optionally forced into scene 0 (water) or 1 (road)."""
@@ -360,17 +373,26 @@ class ContextScenes(SyntheticSegmentation):
         return self._draw(self.seed_sequence(index), scene)
 
     def _draw(self, seq, scene=None):
-        obj_ss, scene_ss = seq.spawn(2)
+        obj_ss, scene_ss, haze_ss = seq.spawn(3)
         scene_rng = np.random.default_rng(scene_ss)
         drawn_scene = int(scene_rng.integers(2))
         scene = drawn_scene if scene is None else int(scene)
         img = self._water(scene_rng) if scene == 0 else self._road(scene_rng)
+        f = self.frame_width
+        img[f:-f, f:-f] = self._haze(np.random.default_rng(haze_ss))[f:-f, f:-f]
         obj_img, fg = self._objects(np.random.default_rng(obj_ss))
         img[fg] = obj_img[fg]
         mask = np.full(fg.shape, scene, np.uint8)
         mask[fg] = 2 + scene
         mask[_outer_band(fg, self.band_width)] = IGNORE_INDEX
         return _finish(img), mask
+
+    def _haze(self, rng):
+        """Pale, low-contrast fog: the same in both scenes, unlike either scene's texture."""
+        s = self.image_size
+        lum = rng.uniform(190, 215) + 10 * _smooth_noise(rng, s, 24)
+        img = lum[..., None] * np.array([1.0, 0.97, 0.9], np.float32)
+        return img + 4 * rng.standard_normal(img.shape, dtype=np.float32)
 
     def _objects(self, rng):
         s = self.image_size
@@ -386,7 +408,8 @@ class ContextScenes(SyntheticSegmentation):
             ov = b * np.sign(np.sin(t)) * np.abs(np.sin(t)) ** (2 / p)
             hx, hy = np.abs(c * ou - sn * ov).max(), np.abs(sn * ou + c * ov).max()
             radius = float(np.hypot(ou, ov).max())
-            centre = _place(rng, s, radius, 3, placed, 6, extent=(hy, hx))
+            # inside the hazy interior, clear of the frame by the void band and more
+            centre = _place(rng, s, radius, self.frame_width + 3, placed, 6, extent=(hy, hx))
             if centre is None:
                 continue
             cy, cx = centre
@@ -428,10 +451,126 @@ class ContextScenes(SyntheticSegmentation):
         return img + 14 * rng.standard_normal(img.shape, dtype=np.float32)
 
 
+class TouchingCells(SyntheticSegmentation):
+    """U-Net's border weight map: touching cells separated only by thin background borders.
+
+    The setting of Ronneberger et al. (MICCAI'15, Sec. 3 and Fig. 3, the HeLa / ISBI cell
+    images): clusters of 3-9 cells, each cell an ellipse of radius 6-12 px (aspect 0.7-1,
+    slightly wobbly outline), packed so that neighbouring cells overlap and are split along
+    their weighted Voronoi boundary; each such contact is carved into a 1 or 2 px border
+    (one per image) labelled *background*, exactly like the thin gaps Fig. 3c labels between
+    touching HeLa cells. Classes are two cell types ("cell_a", "cell_b"), told apart by their
+    stain colour (magenta vs green, jittered per cell), so recognising a cell is easy: what is
+    hard is the separating border, drawn as a darker membrane line (0.55-0.75 of the cells'
+    brightness, under 12 grey levels of pixel noise) inside an otherwise continuous cluster.
+
+    What it isolates: missing a border merges two cells into one connected region. At 128 px
+    an image holds ~16 cells, most touching a neighbour, but the separating borders are only
+    ~1% of the labelled pixels and belong to the majority class, so labelling every one of
+    them as cell still scores mIoU ~0.95 (tested), while a boundary-focused metric (mIoU
+    within a few px of label boundaries) and the number of merged cells do move. Eq. 2's
+    weight map puts ``w0·exp(-(d1+d2)²/2σ²) ≈ 9`` on exactly these pixels (``d1 + d2`` =
+    2-3 px), which is what the paper argues for.
+    Every separated cell is a 4-connected component of its class region (the borders cut all
+    4-adjacencies between different cells; tested), so ``unet_weight_map`` on the class map
+    finds the same cells as with instance ids. Cells lie entirely inside the image.
+
+    Void (255): a 1 px band just *outside* each cluster's outer contour (VOC-style
+    annotation uncertainty at an object/background contour), never on a separating border,
+    which stays labelled: the boundary the task is about is always scored.
+    ``instances(index)`` returns the cell ids (0 = background and borders).
+    """
+
+    task, task_id = "touching", 4
+    class_names = ("background", "cell_a", "cell_b")
+    palette = [(0, 0, 0), (200, 60, 160), (60, 170, 90)]
+    _hues = (0.86, 0.38)  # magenta, green
+    band_width = 1
+    min_radius, max_radius = 6.0, 12.0
+
+    def instances(self, index: int) -> np.ndarray:
+        """Cell ids of item `index` (H x W int32; 0 = background, borders and void)."""
+        if not 0 <= index < self.num_items:
+            raise IndexError(f"index {index} out of range for {self.num_items} items")
+        return self._draw(self.seed_sequence(index), with_instances=True)[2]
+
+    def _cells(self, rng):
+        """(centre y, centre x, radius) of every cell, clustered so that neighbours overlap."""
+        s, lo, hi = self.image_size, self.min_radius, self.max_radius
+        cells: list[tuple[float, float, float]] = []
+        for _ in range(int(rng.integers(3, 6))):  # clusters
+            r = rng.uniform(lo, hi)
+            centre = _place(rng, s, 1.25 * r, 2, cells, 4)  # 1.25: the wobbly outline
+            if centre is None:
+                continue
+            cells.append((*centre, r))
+            members = [len(cells) - 1]
+            for _ in range(int(rng.integers(2, 9))):
+                r = rng.uniform(lo, hi)
+                py, px, pr = cells[members[int(rng.integers(len(members)))]]
+                ang = rng.uniform(0, 2 * math.pi)
+                dist = (pr + r) * rng.uniform(0.65, 0.85)  # overlapping discs: they will touch
+                cy, cx = py + dist * math.sin(ang), px + dist * math.cos(ang)
+                if not (1.25 * r + 2 <= min(cy, cx) and max(cy, cx) <= s - 1.25 * r - 2):
+                    continue
+                if any(math.hypot(cy - y, cx - x) < 0.6 * (r + rr) for y, x, rr in cells):
+                    continue
+                cells.append((cy, cx, r))
+                members.append(len(cells) - 1)
+        return cells
+
+    def _draw(self, seq, with_instances=False):
+        rng, s = np.random.default_rng(seq), self.image_size
+        cells = self._cells(rng)
+        yy, xx = np.mgrid[:s, :s].astype(np.float32)
+        wobble = np.clip(0.06 * _smooth_noise(rng, s, 4), -0.2, 0.2)
+        best = np.full((s, s), np.inf, np.float32)
+        inst = np.zeros((s, s), np.int32)
+        for k, (cy, cx, r) in enumerate(cells, 1):
+            theta, aspect = rng.uniform(0, math.pi), rng.uniform(0.7, 1.0)
+            c, sn = math.cos(theta), math.sin(theta)
+            box = (slice(max(int(cy - 1.25 * r) - 1, 0), int(cy + 1.25 * r) + 2),
+                   slice(max(int(cx - 1.25 * r) - 1, 0), int(cx + 1.25 * r) + 2))
+            dy, dx = yy[box] - cy, xx[box] - cx
+            u, v = c * dx + sn * dy, -sn * dx + c * dy
+            d = np.sqrt(u**2 + (v / aspect) ** 2) / r  # < 1 inside the cell; never past its radius
+            closer = (d < best[box]) & (d + wobble[box] <= 1.0)
+            best[box][closer], inst[box][closer] = d[closer], k
+        # carve the contacts: a pixel is border if a 4-neighbour belongs to another cell
+        right = (inst[:, :-1] != inst[:, 1:]) & (inst[:, :-1] > 0) & (inst[:, 1:] > 0)
+        down = (inst[:-1] != inst[1:]) & (inst[:-1] > 0) & (inst[1:] > 0)
+        border = np.zeros((s, s), bool)
+        border[:, :-1] |= right
+        border[:-1] |= down
+        if rng.random() < 0.5:  # 2 px: both sides of each contact
+            border[:, 1:] |= right
+            border[1:] |= down
+        inst[border] = 0
+        classes = rng.integers(1, 3, len(cells) + 1)
+        classes[0] = 0
+        mask = classes[inst].astype(np.uint8)
+
+        img = _grey_background(rng, s)
+        texture = 1 + 0.12 * _smooth_noise(rng, s, 5)
+        colours = np.zeros((len(cells) + 1, 3), np.float32)
+        for k in range(1, len(cells) + 1):
+            hue = self._hues[classes[k] - 1] + rng.normal(0, 0.02)
+            colours[k] = _hsv(hue, rng.uniform(0.45, 0.75), rng.uniform(0.7, 0.95))
+        cell = inst > 0
+        img[cell] = colours[inst[cell]] * texture[cell, None]
+        # membrane: a darker shade of a cell it separates (grey_dilation: a neighbour's id)
+        near = ndimage.grey_dilation(inst, size=3)
+        img[border] = rng.uniform(0.55, 0.75) * colours[near[border]] * texture[border, None]
+        img += 12 * rng.standard_normal(img.shape, dtype=np.float32)
+        mask[_outer_band(inst > 0, self.band_width) & ~border] = IGNORE_INDEX
+        return (_finish(img), mask, inst) if with_instances else (_finish(img), mask)
+
+
 SYNTHETIC_TASKS: dict[str, type[SyntheticSegmentation]] = {
     "thin": ThinStructures,
     "multiscale": MultiScaleShapes,
     "context": ContextScenes,
+    "touching": TouchingCells,
 }
 
 
@@ -518,10 +657,19 @@ class ContextDataModule(SyntheticDataModule):
     num_classes = len(class_names)
 
 
+class TouchingCellsDataModule(SyntheticDataModule):
+    """:class:`TouchingCells` -- U-Net valid vs same padding, with and without border weights."""
+
+    dataset_class = TouchingCells
+    class_names, palette = TouchingCells.class_names, TouchingCells.palette
+    num_classes = len(class_names)
+
+
 SYNTHETIC_DATAMODULES: dict[str, type[SyntheticDataModule]] = {
     "thin": ThinStructuresDataModule,
     "multiscale": MultiScaleDataModule,
     "context": ContextDataModule,
+    "touching": TouchingCellsDataModule,
 }
 
 
