@@ -345,22 +345,22 @@ class ContextScenes(SyntheticSegmentation):
     scene's, so all interior pixels are bit-identical whichever scene is drawn
     (``render(index, scene=...)``; tested): nothing inside the frame leaks the scene.
 
-    Why this decides the score for PSPNet's network: the dilated ResNet-50 sees the whole image
-    in theory (theoretical RF ~500 px), but its *effective* RF is far smaller. Measured with
-    ``tools/receptive_field.py`` on the trained no-pyramid smoke model of the previous design,
-    95% of the gradient mass lay within 52 px of the output pixel at 128 px and 78 px at 256 px
-    (Luo et al. 2016: the ERF is a fraction of the theoretical one). Here the image centre is
-    ``size/2 - frame_width`` px from the nearest scene pixel (84 px at the default 192 px), so a
-    network without global context must guess the scene for the central haze and objects
-    (chance: 50%), while a global pooling bin sees the frame wherever it is. The void band is
-    2 px outside each object.
+    What it decides and what it does not: a *local* network (receptive field smaller than the
+    distance to the frame, 56 px from the centre at the default 128 px) is at chance (50%) on
+    the central haze and objects, while a global pooling bin sees the frame wherever it is. But
+    PSPNet's dilated ResNet-50 is not local: its theoretical receptive field is ~500 px
+    (``tools/receptive_field.py``), and although its *effective* field at initialisation is far
+    smaller (95% of the gradient mass within ~21 px; ~52 px after training on the previous
+    version of this task), training enlarges it to what the task needs: the no-pyramid baseline
+    reached 99.6 mIoU at 192 px too (frame 84 px from the centre; README). Putting the scene
+    beyond the theoretical field needs images over ~600 px, beyond a CPU smoke budget.
+    The void band is 2 px outside each object.
     """
 
     task, task_id = "context", 3
     class_names = ("water", "road", "boat", "car")
     palette = [(40, 110, 190), (128, 128, 128), (250, 190, 30), (200, 30, 30)]
     band_width = 2
-    default_image_size = 192
 
     @property
     def frame_width(self) -> int:
