@@ -11,19 +11,20 @@
   white, under the evaluation protocol each cell was evaluated with (named in the titles).
 
 The loaders (``finished_cells``, ``load_cell``, ``validation_samples``, ``predict_masks``,
-``load_rows``) are what ``notebooks/*.ipynb`` use to look at any results folder.
+``load_rows``) are what ``notebooks/*.ipynb`` use to look at any results folder; they live in
+:mod:`experiments.results_folder`, the palette (``colorize``, ``decolorize``,
+``difference_map``) in :mod:`experiments.palette`. Both are re-exported here, so
+``from experiments.figures import X`` works for all of them.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,200 +33,32 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from datamodules.constants import IGNORE_INDEX
+from experiments.palette import VOID_COLOR, colorize, decolorize, difference_map
+from experiments.results_folder import (
+    GridUnavailable,
+    Samples,
+    check_semantic,
+    data_source,
+    finished_cells,
+    load_cell,
+    load_rows,
+    predict_masks,
+    validation_samples,
+)
 
-VOID_COLOR = (255, 255, 255)  # no palette here uses white; VOC's own void colour is (224, 224, 192)
+__all__ = [
+    # experiments.palette
+    "VOID_COLOR", "colorize", "decolorize", "difference_map",
+    # experiments.results_folder
+    "GridUnavailable", "Samples", "finished_cells", "data_source", "check_semantic", "load_cell",
+    "validation_samples", "predict_masks", "load_rows",
+    # the figures (this module)
+    "FLAT_METRICS", "prediction_grid", "metric_series", "metric_label", "bar_charts",
+    "write_figures",
+]
+
 FLAT_METRICS = ("miou", "pixel_acc", "mean_acc", "fwiou")  # rows of tables before "metrics"
 _FRACTION = re.compile(r"iou|acc|(^|_)ap\d*($|_)|dice|f1|precision|recall")
-
-
-class GridUnavailable(RuntimeError):
-    """The cells cannot be shown as semantic-segmentation predictions (e.g. instance masks)."""
-
-
-# --------------------------------------------------------------------------- palette
-def _lut(palette: Sequence[Sequence[int]], void_color: Sequence[int]) -> np.ndarray:
-    if len(palette) > IGNORE_INDEX:
-        raise ValueError(f"a palette of {len(palette)} colours leaves no room for void (255)")
-    lut = np.zeros((256, 3), np.uint8)
-    lut[: len(palette)] = np.asarray(palette, np.uint8).reshape(-1, 3)
-    lut[IGNORE_INDEX] = void_color
-    return lut
-
-
-def colorize(mask, palette: Sequence[Sequence[int]], void_color=VOID_COLOR) -> np.ndarray:
-    """H×W class indices (255 = void) → H×W×3 uint8 RGB in ``palette``, void ``void_color``."""
-    mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).astype(np.int64)
-    bad = (mask < 0) | ((mask >= len(palette)) & (mask != IGNORE_INDEX))
-    if bad.any():
-        raise ValueError(f"mask values {np.unique(mask[bad])[:8].tolist()} have no colour in a "
-                         f"palette of {len(palette)} classes")
-    return _lut(palette, void_color)[mask]
-
-
-def decolorize(rgb, palette: Sequence[Sequence[int]], void_color=VOID_COLOR) -> np.ndarray:
-    """Inverse of :func:`colorize`: H×W×3 RGB → H×W int64 indices; unknown colours raise."""
-    lut = _lut(palette, void_color)
-    index = np.r_[np.arange(len(palette)), IGNORE_INDEX]
-    codes = lut[index].astype(np.int64) @ np.array([65536, 256, 1])
-    if len(set(codes.tolist())) != len(codes):
-        raise ValueError("palette colours (with the void colour) are not distinct")
-    rgb = np.asarray(rgb)
-    pixels = rgb[..., :3].astype(np.int64) @ np.array([65536, 256, 1])
-    order = np.argsort(codes)
-    pos = np.clip(np.searchsorted(codes[order], pixels), 0, len(codes) - 1)
-    found = codes[order][pos] == pixels
-    if not found.all():
-        raise ValueError(f"{int((~found).sum())} pixels have colours outside the palette")
-    return index[order][pos]
-
-
-def difference_map(pred_a, pred_b, mask) -> np.ndarray:
-    """Where two predictions differ, who is right: H×W×3 uint8.
-
-    Grey: both agree; blue: only A right; orange: only B right; red: they differ and both are
-    wrong; white: void (not scored) pixels.
-    """
-    a, b, m = (np.asarray(x) for x in (pred_a, pred_b, mask))
-    out = np.full(m.shape + (3,), 200, np.uint8)
-    differ = a != b
-    out[differ & (a == m)] = (31, 119, 180)
-    out[differ & (b == m)] = (255, 127, 14)
-    out[differ & (a != m) & (b != m)] = (214, 39, 40)
-    out[m == IGNORE_INDEX] = VOID_COLOR
-    return out
-
-
-# --------------------------------------------------------------------------- cells
-def finished_cells(dataset_dir: Path, variants: Sequence[str] | None = None,
-                   seeds: Sequence[int] | None = None) -> dict[str, Path]:
-    """Variant → run directory of its first finished seed (``metrics.json`` and
-    ``checkpoints/last.ckpt``), trying ``seeds`` in order, then any other seed. Variants
-    default to those on disk, in ``results.csv`` order; variants with no finished seed are left
-    out."""
-    dataset_dir = Path(dataset_dir)
-    if variants is None:
-        variants = _variants_on_disk(dataset_dir)
-    out = {}
-    for name in variants:
-        requested = [dataset_dir / name / f"seed{s}" for s in (seeds or [])]
-        others = sorted((dataset_dir / name).glob("seed*"), key=lambda p: _seed_of(p.name))
-        for run_dir in requested + others:
-            if (run_dir / "metrics.json").exists() and (run_dir / "checkpoints/last.ckpt").exists():
-                out[name] = run_dir
-                break
-    return out
-
-
-def _seed_of(name: str) -> int:
-    return int(name[4:]) if name[4:].isdigit() else 1 << 30
-
-
-def _variants_on_disk(dataset_dir: Path) -> list[str]:
-    on_disk = sorted(p.parent.parent.name for p in dataset_dir.glob("*/seed*/config.json"))
-    in_csv = [r["variant"] for r in _read_csv(dataset_dir / "results.csv")]
-    return list(dict.fromkeys([v for v in in_csv if v in on_disk] + on_disk))
-
-
-def data_source(config: dict) -> dict:
-    """``{"kind": "synthetic"|"voc"|"ade20k", "root": str|None, "synthetic_task": str|None}``:
-    the config's ``data_source`` where recorded, else parsed from ``dataset``
-    (``synthetic_<task>[<N>px]-<preset>``, ``voc-<preset>``, ``ade20k-<preset>``)."""
-    if config.get("data_source"):
-        return {"root": None, "synthetic_task": None, **config["data_source"]}
-    dataset = config["dataset"]
-    match = re.fullmatch(r"synthetic_(.+?)(?:\d+px)?-[^-]+", dataset)
-    if match:
-        return {"kind": "synthetic", "root": None, "synthetic_task": match.group(1)}
-    return {"kind": dataset.split("-")[0], "root": None, "synthetic_task": None}
-
-
-def check_semantic(config: dict) -> None:
-    """Raise :class:`GridUnavailable` unless the cell is a SegmentationModule checkpoint."""
-    from lightning_modules import RECIPES
-
-    model, task = config["resolved"]["model"], data_source(config).get("synthetic_task") or ""
-    if (config.get("task", "semantic") != "semantic" or model == "mask_rcnn"
-            or "instance" in task or model not in RECIPES):
-        raise GridUnavailable(f"{config.get('variant')}: model {model!r} on {config['dataset']!r} "
-                              "is not a semantic-segmentation cell")
-
-
-def load_cell(run_dir: Path, checkpoint: str = "last.ckpt", device: str = "cpu"):
-    """(module, config) of a finished cell: the cell's recipe :class:`SegmentationModule` in eval
-    mode, with the trained weights and the cell's hyperparameters (so ``predict_scores`` runs
-    its evaluation protocol); the plain ``nn.Module`` is ``module.model``."""
-    from lightning_modules import RECIPES
-    from models import build_model
-
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    check_semantic(config)
-    res = config["resolved"]
-    ckpt = torch.load(run_dir / "checkpoints" / checkpoint, map_location="cpu", weights_only=True)
-    hparams = ckpt["hyper_parameters"]  # all of the module's arguments but the model
-    model = build_model(res["model"], hparams["num_classes"],
-                        **{**res["model_kwargs"], "pretrained": False})
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
-    module = RECIPES[res["model"]](model, **hparams)
-    return module.to(device).eval(), config
-
-
-@dataclass
-class Samples:
-    """Validation items: what the model sees (``images``, normalised 3×H×W) and what a person
-    sees (``rgb``, H×W×3 uint8; ``masks``, H×W int64 with 255 = void)."""
-
-    indices: list[int]
-    images: list[torch.Tensor]
-    rgb: list[np.ndarray]
-    masks: list[np.ndarray]
-    class_names: tuple[str, ...]
-    palette: list[tuple[int, int, int]]
-
-
-def validation_samples(config: dict, n: int = 4, indices: Sequence[int] | None = None,
-                       root: str | Path | None = None) -> Samples:
-    """Validation items ``indices`` (default the first ``n``) of the cell's dataset, rebuilt
-    from its config; real datasets need ``root`` where the config records none."""
-    from experiments.tasks import get_task
-
-    source = data_source(config)
-    root = root or source.get("root")
-    if source["kind"] != "synthetic" and root is None:
-        raise ValueError(f"{config['dataset']}: pass root= (the folder given as --data-root)")
-    dm = get_task("semantic").make_datamodule(source["kind"], root and os.fspath(root),
-                                               source["synthetic_task"], config["seed"],
-                                               config["resolved"]["data"])
-    dm.setup("validate")
-    count = len(dm.val_set)
-    indices = list(range(min(n, count))) if indices is None else [int(i) for i in indices]
-    transform = dm.build_eval_transform()
-    out = Samples(indices, [], [], [], tuple(dm.class_names), [tuple(c) for c in dm.palette])
-    for i in indices:
-        image, mask = dm.val_set[i]
-        normalised, mask = transform(image, mask)
-        out.images.append(normalised)
-        out.rgb.append(image.permute(1, 2, 0).numpy())
-        out.masks.append(mask.numpy())
-    return out
-
-
-@torch.no_grad()
-def predict_masks(module, samples: Samples, eval_mode: str | None = None) -> list[np.ndarray]:
-    """Argmax class maps of ``samples``, one image at a time (sizes may differ), under the
-    module's evaluation protocol or another ``eval_mode``."""
-    from lightning_modules.inference import predict
-
-    hp, device = module.hparams, module.device
-    module.on_validation_epoch_start()  # e.g. DeepLab v3 evaluated at another output stride
-    if eval_mode is None or eval_mode == hp.eval_mode:
-        run = module.predict_scores
-    else:
-        def run(x):
-            return predict(module, x, eval_mode, module.num_classes, scales=hp.eval_scales,
-                           flip=hp.eval_flip, crop=hp.eval_crop)
-    return [run(x[None].to(device)).argmax(1)[0].cpu().numpy() for x in samples.images]
 
 
 # --------------------------------------------------------------------------- figures
@@ -390,57 +223,3 @@ def write_figures(out_dir: Path, rows: list[dict], title: str, variants: Sequenc
     except Exception as err:  # noqa: BLE001
         warnings.warn(f"prediction grid skipped: {err!r}", stacklevel=2)
     return paths
-
-
-# --------------------------------------------------------------------------- rows from disk
-def _parse(value: str | None):
-    if value in (None, ""):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
-
-
-def _read_csv(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def load_rows(dataset_dir: Path, metric_key: str = "val") -> list[dict]:
-    """The rows of a results folder's table without its ablation script: every finished cell
-    collected by :func:`experiments.table.collect_rows` (all recorded metrics, mean/std/values
-    over seeds), with the paper's numbers, Δ and missing seeds taken from ``results.csv`` (or
-    ``results_crf.csv``), which the runner wrote with the ablation at hand."""
-    from experiments.spec import Ablation, Variant
-    from experiments.table import collect_rows
-
-    dataset_dir = Path(dataset_dir)
-    variants = _variants_on_disk(dataset_dir)
-    configs = {v: json.loads(next((dataset_dir / v).glob("seed*/config.json")).read_text())
-               for v in variants}
-    first = next(iter(configs.values()), {})
-    ablation = Ablation(
-        name=first.get("ablation", dataset_dir.parent.name), title="", paper_data="",
-        synthetic_task="",
-        variants={v: Variant(c["resolved"]["model"]) for v, c in configs.items()},
-        task=first.get("task", "semantic"))
-    rows = collect_rows(ablation, variants, [], dataset_dir, metric_key)
-    table = "results.csv" if metric_key == "val" else f"results_{metric_key[4:]}.csv"  # val_crf
-    by_variant = {r["variant"]: r for r in _read_csv(dataset_dir / table)}
-    for row in rows:
-        stored = by_variant.get(row["variant"], {})
-        primary = row.get("primary", "miou")
-        paper = {k[len("paper_"):]: _parse(v) for k, v in stored.items()
-                 if k.startswith("paper_") and k != "paper_ref" and _parse(v) is not None}
-        row["paper"] = {**paper, **row.get("paper", {})}
-        row["paper_value"] = row["paper"].get(primary)
-        row[f"paper_{primary}"] = row["paper_value"]
-        row["paper_ref"] = stored.get("paper_ref") or row.get("paper_ref", "")
-        row["delta"] = _parse(stored.get("delta"))
-        row["missing_seeds"] = [int(s) for s in (stored.get("missing_seeds") or "").split()]
-    return rows

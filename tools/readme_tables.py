@@ -4,7 +4,10 @@
 - ``models``: every model name with its paper, knobs and parameter count at 21 classes,
   counted on the meta device (no memory, no weights).
 - ``results-*``: the ``results.md`` files that the experiment scripts wrote under ``results/``
-  (see ``RESULT_SECTIONS``; run the scripts first).
+  (see ``RESULT_SECTIONS``; run the scripts first), with their main figures copied to
+  ``docs/figures/`` (committed, so the README shows them without the results folder).
+- ``receptive-fields``: the table and ERF maps of ``python -m tools.receptive_field``, and the
+  RoIPool/RoIAlign figure of ``python -m tools.roi_quantisation``.
 
     python tools/readme_tables.py            # rewrite README.md in place
     python tools/readme_tables.py --check    # exit 1 if README.md is out of date
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 # name, kwargs, paper, knobs shown
 MODEL_ROWS = [
-    ("fcn32s", {}, "FCN (Long et al. CVPR'15)", "`learnable_upsampling`, `paper_padding`"),
+    ("fcn32s", {}, "FCN (Long et al. CVPR'15)", "`upsampling`='transposed' (or resize_conv, bilinear), `paper_padding`"),
     ("fcn16s", {}, "FCN", "skip from pool4"),
     ("fcn8s", {}, "FCN", "skips from pool4, pool3"),
     ("deeplab_largefov", {}, "DeepLab v1 (ICLR'15)", "`fc6_dilation`=12, `fc_channels`=1024"),
@@ -30,13 +34,16 @@ MODEL_ROWS = [
      "ASPP-S `atrous_rates`=(2,4,8,12), VGG16"),
     ("deeplab_v2", {"backbone": "vgg16"}, "DeepLab v2", "ASPP-L (6,12,18,24), VGG16"),
     ("deeplab_v2", {"backbone": "resnet101"}, "DeepLab v2", "ASPP-L, ResNet-101"),
-    ("deeplab_v3", {}, "DeepLab v3 (2017)", "`output_stride`=16, `atrous_rates`, `multi_grid`=(1,2,4), "
-     "`image_pooling`"),
+    ("deeplab_v3", {}, "DeepLab v3 (2017)", "`output_stride`=16 (`set_output_stride(8)` to evaluate at 8), "
+     "`atrous_rates`, `multi_grid`=(1,2,4), `image_pooling`"),
     ("deeplab_v3plus", {}, "DeepLab v3+ (ECCV'18)", "Xception-65, `low_level_channels`=48, "
      "`decoder_convs`=2, `separable`"),
     ("deeplab_v3plus", {"backbone": "resnet101"}, "DeepLab v3+", "ResNet-101 backbone"),
     ("pspnet", {}, "PSPNet (CVPR'17)", "ResNet-50, `bins`=(1,2,3,6), `pooling`, `reduction`, aux head"),
-    ("unet", {}, "U-Net (MICCAI'15)", "`padding`='valid', `upsampling`, `base_channels`=64"),
+    ("unet", {}, "U-Net (MICCAI'15)", "`padding`='valid' (or same), `upsampling`='transposed' (or resize_conv, "
+     "bilinear), `base_channels`=64"),
+    ("mask_rcnn", {}, "Mask R-CNN (ICCV'17)", "ResNet-50-FPN, `roi_layer`='RoIAlign' (or RoIPool), "
+     "`sampling_ratio`=2, `aligned`=False"),
 ]
 
 
@@ -45,10 +52,16 @@ RESULT_SECTIONS = [
     ("results-aspp", "aspp", "synthetic_multiscale-smoke"),
     ("results-fcn_skip", "fcn_skip", "synthetic_thin-smoke"),
     ("results-psp_bins", "psp_bins", "synthetic_context-smoke"),
-    # the receptive-field check of the PSPNet smoke result: the same task at 256 px
-    ("results-psp_bins-256", "psp_bins", "synthetic_context256px-smoke"),
+    # the receptive-field check of the PSPNet smoke result: the same task at 192 px
+    ("results-psp_bins-192", "psp_bins", "synthetic_context192px-smoke"),
     # the feature-map-size check of the ASPP smoke result: ASPP-S vs ASPP-L at 320 px
     ("results-aspp-320", "aspp", "synthetic_multiscale320px-smoke"),
+    ("results-deeplabv3", "deeplabv3", "synthetic_multiscale-smoke"),
+    ("results-deeplabv3plus", "deeplabv3plus", "synthetic_thin-smoke"),
+    ("results-crf", "crf", "synthetic_multiscale-smoke"),
+    ("results-upsampling", "upsampling", "synthetic_thin-smoke"),
+    ("results-unet", "unet", "synthetic_touching-smoke"),
+    ("results-roi_align", "roi_align", "synthetic_instances-smoke"),
 ]
 
 
@@ -70,15 +83,48 @@ def models_table() -> str:
     return "\n".join(lines)
 
 
+FIGURES = ROOT / "docs" / "figures"
+# figures of a results folder shown in the README: the primary metric's bar chart, the predictions
+CHECK_ONLY = False  # --check: compare only, write nothing
+SHOWN = ("bar_miou.png", "bar_trimap_miou.png", "bar_checkerboard.png", "bar_mask_ap.png", "predictions.png")
+
+
+def copy_figure(src: Path, name: str) -> str:
+    """Copy a generated figure into docs/figures (committed) and return its README link."""
+    dst = FIGURES / name
+    if not CHECK_ONLY:
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    return f"![{src.stem}]({dst.relative_to(ROOT)})"
+
+
 def results_section(ablation: str, dataset: str) -> str:
-    path = ROOT / "results" / ablation / dataset / "results.md"
+    folder = ROOT / "results" / ablation / dataset
+    path = folder / "results.md"
     if not path.exists():
         return f"_Not generated yet: run the script, then `python tools/readme_tables.py` ({path} missing)._"
-    return path.read_text().strip().replace("## ", "#### ", 1)
+    text = path.read_text().strip().replace("## ", "#### ", 1)
+    links = [copy_figure(folder / "figures" / f, f"{ablation}-{dataset}-{f}")
+             for f in SHOWN if (folder / "figures" / f).exists()]
+    return text + ("\n\n" + " ".join(links) if links else "")
+
+
+def receptive_fields_section() -> str:
+    folder = ROOT / "results" / "receptive_fields"
+    if not (folder / "receptive_fields.md").exists():
+        return ("_Not generated yet: `python -m tools.receptive_field --out results/receptive_fields "
+                "--checkpoints results/psp_bins`, then `python tools/readme_tables.py`._")
+    text = (folder / "receptive_fields.md").read_text().strip()
+    text = "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+    links = [copy_figure(f, f"receptive_fields-{f.name}") for f in sorted(folder.glob("*.png"))]
+    roi = ROOT / "results" / "figures" / "roi_quantisation.png"
+    if roi.exists():
+        links.append(copy_figure(roi, "roi_quantisation.png"))
+    return text + ("\n\n" + " ".join(links) if links else "")
 
 
 def render(readme: str) -> str:
-    sections = {"models": models_table}
+    sections = {"models": models_table, "receptive-fields": receptive_fields_section}
     for marker, ablation, dataset in RESULT_SECTIONS:
         sections[marker] = lambda a=ablation, d=dataset: results_section(a, d)
     for name, make in sections.items():
@@ -93,6 +139,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
+    global CHECK_ONLY
+    CHECK_ONLY = args.check
     path = ROOT / "README.md"
     old = path.read_text()
     new = render(old)

@@ -1,0 +1,213 @@
+"""What an ablation's results folder holds, read back: finished cells, trained modules,
+validation samples, predictions and the table's rows.
+
+``<results>/<ablation>/<dataset>-<preset>/<variant>/seed<k>/`` as written by
+:mod:`experiments.cell`. These loaders (``finished_cells``, ``load_cell``,
+``validation_samples``, ``predict_masks``, ``load_rows``) are what ``notebooks/*.ipynb`` use to
+look at any results folder; :mod:`experiments.figures` draws from them (and re-exports them),
+:mod:`experiments.palette` colours the masks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class GridUnavailable(RuntimeError):
+    """The cells cannot be shown as semantic-segmentation predictions (e.g. instance masks)."""
+
+
+# --------------------------------------------------------------------------- cells
+def finished_cells(dataset_dir: Path, variants: Sequence[str] | None = None,
+                   seeds: Sequence[int] | None = None) -> dict[str, Path]:
+    """Variant → run directory of its first finished seed (``metrics.json`` and
+    ``checkpoints/last.ckpt``), trying ``seeds`` in order, then any other seed. Variants
+    default to those on disk, in ``results.csv`` order; variants with no finished seed are left
+    out."""
+    dataset_dir = Path(dataset_dir)
+    if variants is None:
+        variants = _variants_on_disk(dataset_dir)
+    out = {}
+    for name in variants:
+        requested = [dataset_dir / name / f"seed{s}" for s in (seeds or [])]
+        others = sorted((dataset_dir / name).glob("seed*"), key=lambda p: _seed_of(p.name))
+        for run_dir in requested + others:
+            if (run_dir / "metrics.json").exists() and (run_dir / "checkpoints/last.ckpt").exists():
+                out[name] = run_dir
+                break
+    return out
+
+
+def _seed_of(name: str) -> int:
+    return int(name[4:]) if name[4:].isdigit() else 1 << 30
+
+
+def _variants_on_disk(dataset_dir: Path) -> list[str]:
+    on_disk = sorted(p.parent.parent.name for p in dataset_dir.glob("*/seed*/config.json"))
+    in_csv = [r["variant"] for r in _read_csv(dataset_dir / "results.csv")]
+    return list(dict.fromkeys([v for v in in_csv if v in on_disk] + on_disk))
+
+
+def data_source(config: dict) -> dict:
+    """``{"kind": "synthetic"|"voc"|"ade20k", "root": str|None, "synthetic_task": str|None}``:
+    the config's ``data_source`` where recorded, else parsed from ``dataset``
+    (``synthetic_<task>[<N>px]-<preset>``, ``voc-<preset>``, ``ade20k-<preset>``)."""
+    if config.get("data_source"):
+        return {"root": None, "synthetic_task": None, **config["data_source"]}
+    dataset = config["dataset"]
+    match = re.fullmatch(r"synthetic_(.+?)(?:\d+px)?-[^-]+", dataset)
+    if match:
+        return {"kind": "synthetic", "root": None, "synthetic_task": match.group(1)}
+    return {"kind": dataset.split("-")[0], "root": None, "synthetic_task": None}
+
+
+def check_semantic(config: dict) -> None:
+    """Raise :class:`GridUnavailable` unless the cell is a SegmentationModule checkpoint."""
+    from lightning_modules import RECIPES
+
+    model, task = config["resolved"]["model"], data_source(config).get("synthetic_task") or ""
+    if (config.get("task", "semantic") != "semantic" or model == "mask_rcnn"
+            or "instance" in task or model not in RECIPES):
+        raise GridUnavailable(f"{config.get('variant')}: model {model!r} on {config['dataset']!r} "
+                              "is not a semantic-segmentation cell")
+
+
+def load_cell(run_dir: Path, checkpoint: str = "last.ckpt", device: str = "cpu"):
+    """(module, config) of a finished cell: the cell's recipe :class:`SegmentationModule` in eval
+    mode, with the trained weights and the cell's hyperparameters (so ``predict_scores`` runs
+    its evaluation protocol); the plain ``nn.Module`` is ``module.model``."""
+    from lightning_modules import RECIPES
+    from models import build_model
+
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    check_semantic(config)
+    res = config["resolved"]
+    ckpt = torch.load(run_dir / "checkpoints" / checkpoint, map_location="cpu", weights_only=True)
+    hparams = ckpt["hyper_parameters"]  # all of the module's arguments but the model
+    model = build_model(res["model"], hparams["num_classes"],
+                        **{**res["model_kwargs"], "pretrained": False})
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    module = RECIPES[res["model"]](model, **hparams)
+    return module.to(device).eval(), config
+
+
+@dataclass
+class Samples:
+    """Validation items: what the model sees (``images``, normalised 3×H×W) and what a person
+    sees (``rgb``, H×W×3 uint8; ``masks``, H×W int64 with 255 = void)."""
+
+    indices: list[int]
+    images: list[torch.Tensor]
+    rgb: list[np.ndarray]
+    masks: list[np.ndarray]
+    class_names: tuple[str, ...]
+    palette: list[tuple[int, int, int]]
+
+
+def validation_samples(config: dict, n: int = 4, indices: Sequence[int] | None = None,
+                       root: str | Path | None = None) -> Samples:
+    """Validation items ``indices`` (default the first ``n``) of the cell's dataset, rebuilt
+    from its config; real datasets need ``root`` where the config records none."""
+    from experiments.tasks import get_task
+
+    source = data_source(config)
+    root = root or source.get("root")
+    if source["kind"] != "synthetic" and root is None:
+        raise ValueError(f"{config['dataset']}: pass root= (the folder given as --data-root)")
+    dm = get_task("semantic").make_datamodule(source["kind"], root and os.fspath(root),
+                                               source["synthetic_task"], config["seed"],
+                                               config["resolved"]["data"])
+    dm.setup("validate")
+    count = len(dm.val_set)
+    indices = list(range(min(n, count))) if indices is None else [int(i) for i in indices]
+    transform = dm.build_eval_transform()
+    out = Samples(indices, [], [], [], tuple(dm.class_names), [tuple(c) for c in dm.palette])
+    for i in indices:
+        image, mask = dm.val_set[i]
+        normalised, mask = transform(image, mask)
+        out.images.append(normalised)
+        out.rgb.append(image.permute(1, 2, 0).numpy())
+        out.masks.append(mask.numpy())
+    return out
+
+
+@torch.no_grad()
+def predict_masks(module, samples: Samples, eval_mode: str | None = None) -> list[np.ndarray]:
+    """Argmax class maps of ``samples``, one image at a time (sizes may differ), under the
+    module's evaluation protocol or another ``eval_mode``."""
+    from lightning_modules.inference import predict
+
+    hp, device = module.hparams, module.device
+    module.on_validation_epoch_start()  # e.g. DeepLab v3 evaluated at another output stride
+    if eval_mode is None or eval_mode == hp.eval_mode:
+        run = module.predict_scores
+    else:
+        def run(x):
+            return predict(module, x, eval_mode, module.num_classes, scales=hp.eval_scales,
+                           flip=hp.eval_flip, crop=hp.eval_crop)
+    return [run(x[None].to(device)).argmax(1)[0].cpu().numpy() for x in samples.images]
+
+
+# --------------------------------------------------------------------------- rows from disk
+def _parse(value: str | None):
+    if value in (None, ""):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_rows(dataset_dir: Path, metric_key: str = "val") -> list[dict]:
+    """The rows of a results folder's table without its ablation script: every finished cell
+    collected by :func:`experiments.table.collect_rows` (all recorded metrics, mean/std/values
+    over seeds), with the paper's numbers, Δ and missing seeds taken from ``results.csv`` (or
+    ``results_crf.csv``), which the runner wrote with the ablation at hand."""
+    from experiments.spec import Ablation, Variant
+    from experiments.table import collect_rows
+
+    dataset_dir = Path(dataset_dir)
+    variants = _variants_on_disk(dataset_dir)
+    configs = {v: json.loads(next((dataset_dir / v).glob("seed*/config.json")).read_text())
+               for v in variants}
+    first = next(iter(configs.values()), {})
+    ablation = Ablation(
+        name=first.get("ablation", dataset_dir.parent.name), title="", paper_data="",
+        synthetic_task="",
+        variants={v: Variant(c["resolved"]["model"]) for v, c in configs.items()},
+        task=first.get("task", "semantic"))
+    rows = collect_rows(ablation, variants, [], dataset_dir, metric_key)
+    table = "results.csv" if metric_key == "val" else f"results_{metric_key[4:]}.csv"  # val_crf
+    by_variant = {r["variant"]: r for r in _read_csv(dataset_dir / table)}
+    for row in rows:
+        stored = by_variant.get(row["variant"], {})
+        primary = row.get("primary", "miou")
+        paper = {k[len("paper_"):]: _parse(v) for k, v in stored.items()
+                 if k.startswith("paper_") and k != "paper_ref" and _parse(v) is not None}
+        row["paper"] = {**paper, **row.get("paper", {})}
+        row["paper_value"] = row["paper"].get(primary)
+        row[f"paper_{primary}"] = row["paper_value"]
+        row["paper_ref"] = stored.get("paper_ref") or row.get("paper_ref", "")
+        row["delta"] = _parse(stored.get("delta"))
+        row["missing_seeds"] = [int(s) for s in (stored.get("missing_seeds") or "").split()]
+    return rows
