@@ -213,6 +213,8 @@ def write_figures(out_dir: Path, rows: list[dict], title: str, variants: Sequenc
     prediction grid into ``out_dir/figures/``; a figure that cannot be made is skipped with a
     warning, never failing the run whose table was just written."""
     fig_dir, paths = Path(out_dir) / "figures", []
+    if not any(r.get("n") for r in rows):  # nothing finished yet (e.g. `collect` before any run)
+        return paths
     for these, suffix, note in ((rows, "", ""), (crf_rows, "_crf", " (after dense CRF)")):
         try:
             paths += bar_charts(these, fig_dir, title + note, suffix=suffix) if these else []
@@ -220,6 +222,8 @@ def write_figures(out_dir: Path, rows: list[dict], title: str, variants: Sequenc
             warnings.warn(f"bar charts{note} skipped: {err!r}", stacklevel=2)
     try:
         paths.append(prediction_grid(out_dir, variants, seeds, title=title, **grid_kwargs))
+    except GridUnavailable:  # e.g. instance segmentation: no semantic prediction grid to draw
+        pass
     except Exception as err:  # noqa: BLE001
         warnings.warn(f"prediction grid skipped: {err!r}", stacklevel=2)
     return paths

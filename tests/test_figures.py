@@ -178,9 +178,14 @@ def test_grid_is_skipped_for_instance_cells(tiny, tmp_path):
         prediction_grid(out, ["maskrcnn"], [0])
     rows = [{"variant": "maskrcnn", "n": 1, "paper": {},
              "metrics": {"mask_ap": {"mean": 0.3, "std": 0.0, "values": [0.3]}}}]
-    with pytest.warns(UserWarning, match="prediction grid skipped"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an instance run has no grid to draw: skipped silently
         paths = write_figures(out, rows, "instance", ["maskrcnn"], [0])
     assert [p.name for p in paths] == ["bar_mask_ap.png"]
+    # nothing finished yet (a collect before any run): no figures and no warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert write_figures(out, [{**rows[0], "n": 0, "metrics": {}}], "t", ["maskrcnn"], [0]) == []
 
 
 def test_log_figures_respects_wandb_mode(tmp_path, monkeypatch):
