@@ -169,3 +169,18 @@ def test_evaluation_flags_run_and_are_recorded(tmp_path, flags, mode):
         assert 0 <= metrics["val_crf"]["miou"] <= 1 and metrics["crf"]["iterations"] == 10
         table = (tmp_path / "tiny" / "synthetic_thin-smoke" / "results.md").read_text()
         assert "(after dense CRF)" in table and "whole + CRF" in table
+
+
+def test_crf_params_are_named_checked_and_recorded(capsys):
+    from experiments.runner import parse_args, resolve
+
+    args = parse_args(TINY, ["--crf", "--crf-param", "bi_xy_std=50", "--crf-param", "iterations=5"])
+    crf = resolve(TINY, args, "8s", TINY.variants)["module"]["crf"]
+    assert crf["bi_xy_std"] == 50.0 and crf["iterations"] == 5 and isinstance(crf["iterations"], int)
+    assert crf["pos_w"] == 3.0  # the others keep DeepLab's defaults
+    for bad, message in ((["--crf", "--crf-param", "sigma=3"], "NAME one of"),
+                         (["--crf", "--crf-param", "bi_w=a"], "not a number"),
+                         (["--crf-param", "bi_w=2"], "needs --crf")):
+        with pytest.raises(SystemExit):
+            parse_args(TINY, bad)
+        assert message in capsys.readouterr().err
