@@ -270,7 +270,10 @@ def plot_maps(rows: Sequence[StudyRow], path: str | Path | None = None, decades:
         ax.set_xlim(cx - reach, cx + reach)
         ax.set_ylim(cy + reach, cy - reach)
         ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor="grey", linewidth=0.8))
-        ax.set_title(f"{row.name}\nRF {row.theoretical.label}, ERF95 {row.erf.side}", fontsize=8)
+        # trained rows are named <ablation>/<dataset>/<variant>: the variant and dataset fit a title
+        parts = row.name.split("/")
+        name = f"{parts[-1]} (trained)\n{parts[-2].replace('synthetic_', '')}" if len(parts) == 3 else row.name
+        ax.set_title(f"{name}\nRF {row.theoretical.label}, ERF95 {row.erf.side}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="log10 (|grad| / its maximum)")
