@@ -451,6 +451,72 @@ class ContextScenes(SyntheticSegmentation):
         return img + 14 * rng.standard_normal(img.shape, dtype=np.float32)
 
 
+class ContextTokens(ContextScenes):
+    """PSPNet pyramid pooling, global version: the scene is a statistic of the whole image.
+
+    Same classes, objects and haze as :class:`ContextScenes`, but no frame: the haze covers the
+    whole image, and ``num_tokens`` (15) small marks are scattered over it outside the objects,
+    each either a blue wave or a white/yellow lane dash. The scene is *water* when waves are the
+    majority and *road* otherwise; every pixel but the objects' is labelled with the scene, the
+    objects with the scene's object class (boat / car). The count of waves is drawn from 5..10,
+    so the majority is often 8 to 7: a single mark says little (its type agrees with the scene
+    60% of the time), and only counting the marks of the *whole* image decides any pixel. A
+    global average pool over a mark detector computes that count wherever the pixel is; a
+    network without global context must integrate it through its receptive field, which weights
+    marks near the pixel far more than distant ones (Luo et al.). Object, haze, mark positions
+    and mark shapes come from RNG streams independent of the scene's: ``render(index, scene)``
+    flips every mark's type and nothing else (tested).
+    """
+
+    task, task_id = "context_tokens", 5
+    num_tokens = 15
+
+    @property
+    def frame_width(self) -> int:  # no frame: objects only keep clear of the border
+        return 0
+
+    def _draw(self, seq, scene=None):
+        obj_ss, scene_ss, haze_ss, token_ss = seq.spawn(4)
+        n_wave = int(np.random.default_rng(scene_ss).integers(5, 11))
+        drawn_scene = 0 if 2 * n_wave > self.num_tokens else 1
+        scene = drawn_scene if scene is None else int(scene)
+        img = self._haze(np.random.default_rng(haze_ss))
+        obj_img, fg = self._objects(np.random.default_rng(obj_ss))
+        img[fg] = obj_img[fg]
+        trng = np.random.default_rng(token_ss)
+        waves = trng.permutation(self.num_tokens) < n_wave
+        if scene != drawn_scene:  # the other scene: every mark changes type, nothing else moves
+            waves = ~waves
+        self._marks(img, fg, waves, trng)
+        mask = np.full(fg.shape, scene, np.uint8)
+        mask[fg] = 2 + scene
+        mask[_outer_band(fg, self.band_width)] = IGNORE_INDEX
+        return _finish(img), mask
+
+    def _marks(self, img, fg, waves, rng) -> None:
+        """Draw one mark per entry of ``waves`` (True: wave, False: lane dash) clear of objects."""
+        s = self.image_size
+        length = max(7, s // 14)
+        keep_out = ndimage.maximum_filter(fg.view(np.uint8), size=2 * (self.band_width + length) + 1) > 0
+        taken = np.zeros_like(fg)
+        t = np.arange(length, dtype=np.float32) - (length - 1) / 2
+        for wave in waves:
+            for _ in range(100):  # rejection sampling; positions do not depend on the type
+                cy, cx = rng.uniform(length, s - length, 2)
+                if not keep_out[int(cy), int(cx)] and not taken[int(cy), int(cx)]:
+                    break
+            angle = rng.uniform(0, math.pi)
+            bend = 1.5 * np.sin(2 * math.pi * t / length)
+            yy = cy + t * math.sin(angle) + bend * math.cos(angle)
+            xx = cx + t * math.cos(angle) - bend * math.sin(angle)
+            straight = np.stack([cy + t * math.sin(angle), cx + t * math.cos(angle)], 1)
+            rr, cc = _stamp(np.stack([yy, xx], 1) if wave else straight, _square_stamp(2), s)
+            lane = (235, 235, 235) if rng.random() < 0.5 else (230, 190, 40)
+            img[rr, cc] = _hsv(rng.uniform(0.55, 0.6), 0.8, 0.8) if wave else lane
+            y0, x0 = int(cy) - length, int(cx) - length
+            taken[max(0, y0):y0 + 2 * length, max(0, x0):x0 + 2 * length] = True
+
+
 class TouchingCells(SyntheticSegmentation):
     """U-Net's border weight map: touching cells separated only by thin background borders.
 
@@ -570,6 +636,7 @@ SYNTHETIC_TASKS: dict[str, type[SyntheticSegmentation]] = {
     "thin": ThinStructures,
     "multiscale": MultiScaleShapes,
     "context": ContextScenes,
+    "context_tokens": ContextTokens,
     "touching": TouchingCells,
 }
 
@@ -657,6 +724,14 @@ class ContextDataModule(SyntheticDataModule):
     num_classes = len(class_names)
 
 
+class ContextTokensDataModule(SyntheticDataModule):
+    """:class:`ContextTokens` -- PSPNet bins, with the scene a count over the whole image."""
+
+    dataset_class = ContextTokens
+    class_names, palette = ContextTokens.class_names, ContextTokens.palette
+    num_classes = len(class_names)
+
+
 class TouchingCellsDataModule(SyntheticDataModule):
     """:class:`TouchingCells` -- U-Net valid vs same padding, with and without border weights."""
 
@@ -669,6 +744,7 @@ SYNTHETIC_DATAMODULES: dict[str, type[SyntheticDataModule]] = {
     "thin": ThinStructuresDataModule,
     "multiscale": MultiScaleDataModule,
     "context": ContextDataModule,
+    "context_tokens": ContextTokensDataModule,
     "touching": TouchingCellsDataModule,
 }
 

@@ -88,6 +88,8 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> argparse.Namespace
                    help="a dense-CRF parameter (lightning_modules/crf.py CRFParams), e.g. bi_xy_std=50; repeatable")
     p.add_argument("--width", type=float, help="channel width multiplier")
     p.add_argument("--image-size", type=int, help="synthetic data only: image side in pixels (default: the task's)")
+    p.add_argument("--synthetic-task", help="synthetic data only: run on another diagnostic task than the "
+                                            "ablation's (results go to their own folder)")
     p.add_argument("--pretrained", help="'true', 'false' or a path to timm backbone weights")
     p.add_argument("--workers", type=int, help="data loader workers per process")
     p.add_argument("--channels-last", action="store_true")
@@ -100,6 +102,13 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> argparse.Namespace
     for option, (choices, default, _) in ablation.options.items():
         p.add_argument(f"--{option}", choices=choices, default=default)
     args = p.parse_args(argv)
+    if args.synthetic_task is not None:
+        from datamodules.synthetic import SYNTHETIC_TASKS
+
+        if args.data != "synthetic" or ablation.task != "semantic":
+            p.error("--synthetic-task applies to the synthetic data of semantic ablations only")
+        if args.synthetic_task not in SYNTHETIC_TASKS:
+            p.error(f"--synthetic-task must be one of {sorted(SYNTHETIC_TASKS)}, got {args.synthetic_task!r}")
     if args.image_size is not None and args.data != "synthetic":
         p.error("--image-size applies to synthetic data only (real data keep their own sizes)")
     if args.data != "synthetic" and args.data_root is None:
@@ -215,6 +224,8 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
         variants = make_variants(getattr(args, option))
     ablation = copy.copy(ablation)
     ablation.variants = variants
+    if args.synthetic_task:
+        ablation.synthetic_task = args.synthetic_task
     names = [args.variant] if args.variant else (args.variants or list(variants))
     unknown = [n for n in names if n not in variants]
     if unknown:

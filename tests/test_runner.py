@@ -184,3 +184,13 @@ def test_crf_params_are_named_checked_and_recorded(capsys):
         with pytest.raises(SystemExit):
             parse_args(TINY, bad)
         assert message in capsys.readouterr().err
+
+
+def test_synthetic_task_flag_runs_another_task_into_its_own_folder(tmp_path, capsys):
+    rows = run(tmp_path, "--variant", "8s", "--seed", "0", "--synthetic-task", "multiscale", "--image-size", "96")
+    assert {r["variant"]: r["n"] for r in rows} == {"32s": 0, "8s": 1}
+    config = json.loads((tmp_path / "tiny" / "synthetic_multiscale96px-smoke" / "8s" / "seed0" / "config.json").read_text())
+    assert config["data_source"]["synthetic_task"] == "multiscale"
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--synthetic-task", "nope")
+    assert "must be one of" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_items_types_labels_and_void_band(task):
     void = masks == IGNORE_INDEX
     assert 0.01 < void.mean() < 0.15
     # the void band lies just outside objects: every void pixel is within band_width of one
-    scene_classes = {"context": (0, 1)}.get(task, (0,))
+    scene_classes = {"context": (0, 1), "context_tokens": (0, 1)}.get(task, (0,))
     objects = ~np.isin(masks, scene_classes) & ~void
     reach = 2 * cls.band_width + 1
     near = ndimage.maximum_filter(objects.view(np.uint8), size=(1, reach, reach))
@@ -254,6 +254,32 @@ def test_context_scene_alone_decides_the_class_of_every_interior_pixel():
     dist = ndimage.distance_transform_cdt(~frame, metric="chessboard")
     assert dist.max() >= size // 2 - f >= 56
     assert (dist > 24).mean() > 0.2
+
+
+def test_context_tokens_scene_is_the_majority_of_the_whole_images_marks():
+    from datamodules.synthetic import ContextTokens
+
+    ds = ContextTokens("val", 40)
+    agree, margins = [], []
+    for i in range(40):
+        (img_w, m_w), (img_r, m_r) = ds.render(i, scene=0), ds.render(i, scene=1)
+        # objects, haze and mark positions are identical; only the marks' types differ
+        obj = m_w == 2
+        assert obj.any() and np.array_equal(obj, m_r == 3)
+        changed = (img_w != img_r).any(-1)
+        assert changed.any() and not changed[obj].any()
+        assert (m_w[~obj & (m_w != IGNORE_INDEX)] == 0).all() and (m_r[~obj & (m_r != IGNORE_INDEX)] == 1).all()
+        # the label is the majority of the marks: count the waves (the only blue outside objects)
+        img, m = ds.generate(i)
+        scene = int(m[m < 2][0])
+        assert (m[m < 2] == scene).all()
+        waves = ndimage.label((img[..., 2].astype(int) - img[..., 0] > 60) & (m < 2), EIGHT)[1]
+        n = ds.num_tokens
+        assert 5 <= waves <= 10 and scene == (0 if 2 * waves > n else 1)
+        margins.append(abs(2 * waves - n))
+        agree.append((waves if scene == 0 else n - waves) / n)
+    # close calls: one mark alone is weak evidence, only the whole count decides
+    assert np.mean(agree) < 0.7 and np.median(margins) <= 3
 
 
 # --------------------------------------------------------------------------- export / CLI
