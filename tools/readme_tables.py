@@ -51,8 +51,9 @@ MODEL_ROWS = [
 RESULT_SECTIONS = [
     ("results-aspp", "aspp", "synthetic_multiscale-smoke"),
     ("results-fcn_skip", "fcn_skip", "synthetic_thin-smoke"),
-    ("results-psp_bins", "psp_bins", "synthetic_context-smoke"),
-    # the receptive-field check of the PSPNet smoke result: the same task at 192 px
+    ("results-psp_bins", "psp_bins", "synthetic_context_tokens-smoke"),
+    # the earlier design of the context task (scene only in a border frame), at 128 and 192 px
+    ("results-psp_bins-frame", "psp_bins", "synthetic_context-smoke"),
     ("results-psp_bins-192", "psp_bins", "synthetic_context192px-smoke"),
     # the feature-map-size check of the ASPP smoke result: ASPP-S vs ASPP-L at 320 px
     ("results-aspp-320", "aspp", "synthetic_multiscale320px-smoke"),
