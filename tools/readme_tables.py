@@ -104,7 +104,9 @@ def results_section(ablation: str, dataset: str) -> str:
     path = folder / "results.md"
     if not path.exists():
         return f"_Not generated yet: run the script, then `python tools/readme_tables.py` ({path} missing)._"
-    text = path.read_text().strip().replace("## ", "#### ", 1)
+    # one level below the README's "## Results" (results_crf adds a second table to the file)
+    text = "\n".join("##" + line if line.startswith("## ") else line
+                     for line in path.read_text().strip().splitlines())
     links = [copy_figure(folder / "figures" / f, f"{ablation}-{dataset}-{f}")
              for f in SHOWN if (folder / "figures" / f).exists()]
     return text + ("\n\n" + " ".join(links) if links else "")
@@ -116,7 +118,7 @@ def receptive_fields_section() -> str:
         return ("_Not generated yet: `python -m tools.receptive_field --out results/receptive_fields "
                 "--checkpoints results/psp_bins`, then `python tools/readme_tables.py`._")
     text = (folder / "receptive_fields.md").read_text().strip()
-    text = "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+    text = "\n".join("###" + line if line.startswith("#") else line for line in text.splitlines())
     links = [copy_figure(f, f"receptive_fields-{f.name}") for f in sorted(folder.glob("*.png"))]
     roi = ROOT / "results" / "figures" / "roi_quantisation.png"
     if roi.exists():
