@@ -157,7 +157,8 @@ def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_proje
     trainer.save_checkpoint(final)
     trainer.validate(module, datamodule=datamodule, ckpt_path=str(final), verbose=False)
     model = revert_sync_batchnorm(module.model)  # no-op unless a layer was left synchronised
-    h, w = res["eval_size"]
+    # real images of varying size and no fixed evaluation size (e.g. Mask R-CNN on VOC): no FLOPs
+    eval_size = res["eval_size"]
     result = {
         "ablation": config["ablation"], "variant": config["variant"], "seed": config["seed"],
         "dataset": config["dataset"], "preset": config["preset"],
@@ -165,7 +166,7 @@ def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_proje
         "eval_mode": res["module"].get("eval_mode", "whole"),
         "crf": res["module"].get("crf"),
         "params": sum(p.numel() for p in model.parameters()),
-        "gflops": count_gflops(model, h, w), "eval_size": [h, w],
+        "gflops": count_gflops(model, *eval_size) if eval_size else None, "eval_size": eval_size,
         "train_images_per_s": throughput.images_per_second(),
         "global_batch": global_batch, "world_size": world, "sync_batchnorm_layers": sync_count.layers,
         "steps": trainer.global_step, "train_time_s": round(time.time() - started, 1),
