@@ -24,8 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.recipes import deeplab  # noqa: E402
 from experiments.runner import main  # noqa: E402
-from experiments.spec import Ablation, Variant  # noqa: E402
+from experiments.spec import Ablation, Option, Variant  # noqa: E402
 
 
 def variants(backbone: str) -> dict[str, Variant]:
@@ -37,11 +38,13 @@ def variants(backbone: str) -> dict[str, Variant]:
             "ASPP-L": Variant("deeplab_v2", {"backbone": "vgg16", "atrous_rates": (6, 12, 18, 24)},
                               "deeplab_v2.table3.aspp_l"),
         }
-    return {  # Table 4: LargeFOV = a single rate-12 branch on the dilated ResNet
+    # Table 4: LargeFOV = a single rate-12 branch on the dilated ResNet; kazuto1011's recipe
+    r101 = {**deeplab.RESNET101, "notes": deeplab.RESNET101_NOTES}
+    return {
         "LargeFOV-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (12,)},
-                                 "deeplab_v2.table4.largefov"),
+                                 "deeplab_v2.table4.largefov", recipe=r101),
         "ASPP-L-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (6, 12, 18, 24)},
-                               "deeplab_v2.table4.aspp"),
+                               "deeplab_v2.table4.aspp", recipe=r101),
     }
 
 
@@ -51,11 +54,9 @@ ABLATION = Ablation(
     synthetic_task="multiscale",
     variants=variants("vgg16"),
     paper_data="voc",
-    # DeepLab v2 Sec. 4.1: crop 321, batch 10, 20K iterations, poly; test on 513-padded images.
-    paper_recipe={"data": {"crop_size": 321, "batch_size": 10, "scale_range": (0.5, 1.5), "augment": "deeplab"},
-                  "trainer": {"max_steps": 20000}, "eval_size": 513, "paper_batch": 10},
-    smoke_recipe={"model": {"batch_norm": True}},
-    options={"backbone": (("vgg16", "resnet101"), "vgg16", variants)},
+    paper=deeplab.PAPER,
+    options={"backbone": Option(("vgg16", "resnet101"), "vgg16", variants,
+                                "vgg16: Table 3 (LargeFOV, ASPP-S, ASPP-L); resnet101: Table 4")},
 )
 
 if __name__ == "__main__":

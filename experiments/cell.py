@@ -1,7 +1,7 @@
 """One cell of an ablation: (ablation, variant, seed, dataset, preset) → a run directory.
 
-``results/<ablation>/<dataset>-<preset>/<variant>/seed<k>/`` holds ``config.json`` (the resolved
-settings), ``checkpoints/{last,best}.ckpt``, ``logs/`` (CSV metrics) and, once the run finished,
+``results/<ablation>/<dataset>-<preset>/<variant>/seed<k>/`` holds ``config.json`` (the cell's
+recipe card, ``experiments/card.py``), ``checkpoints/{last,best}.ckpt``, ``logs/`` (CSV metrics) and, once the run finished,
 ``metrics.json``. A cell whose ``metrics.json`` exists is skipped; a cell with a checkpoint but
 no metrics resumes from the newest of ``checkpoints/last.ckpt`` (every ``checkpoint_every``
 steps) and Lightning's SLURM ``hpc_ckpt_<n>.ckpt``, exactly (``experiments/distributed.py``).
@@ -32,6 +32,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.flop_counter import FlopCounterMode
 
+from experiments.card import RUNTIME_FIELDS, Cell, Run
+from experiments.recipe import as_dict
 from experiments.distributed import (
     RNGState,
     SyncBatchNormCount,
@@ -65,6 +67,8 @@ def count_gflops(model: torch.nn.Module, height: int, width: int) -> float | Non
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     diffs = []
     for key in sorted(set(old) | set(new)):
+        if not prefix and key in RUNTIME_FIELDS:
+            continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += config_differences(a, b, f"{prefix}{key}.")
@@ -73,16 +77,15 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_project: str | None,
-             verbose: bool = True) -> dict[str, Any]:
-    """Train and evaluate one cell described by the resolved ``config``; return its metrics."""
+def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_datamodule,
+             wandb_project: str | None, verbose: bool = True, accelerator: str = "auto") -> dict[str, Any]:
+    """Train and evaluate one cell described by its recipe ``card``; return its metrics."""
     metrics_file = run_dir / "metrics.json"
     config_file = run_dir / "config.json"
-    # JSON round trip so tuples/lists compare equal to what was stored.
-    config = json.loads(json.dumps(config, default=str))
+    config = {"card": card, "recipe": as_dict(cell.recipe)}  # the card, and the recipe to rebuild it
     if config_file.exists():
         stored = json.loads(config_file.read_text())
-        diffs = config_differences(stored.get("resolved", stored), config["resolved"])
+        diffs = config_differences(stored.get("card", stored), card)
         if diffs:
             raise RuntimeError(
                 f"{run_dir} holds a run with different settings ({'; '.join(diffs[:6])}). "
@@ -92,17 +95,17 @@ def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_proje
         print(f"[skip] {run_dir} already finished")
         return json.loads(metrics_file.read_text())
 
-    res = config["resolved"]
-    L.seed_everything(config["seed"], workers=True, verbose=False)
-    datamodule = make_datamodule(config["seed"])  # the seed drives shuffling and augmentation
+    recipe, seed = cell.recipe, card["seed"]
+    L.seed_everything(seed, workers=True, verbose=False)
+    datamodule = make_datamodule(seed)  # the seed drives shuffling and augmentation
     num_classes = datamodule.num_classes
-    model = build_model(res["model"], num_classes, **res["model_kwargs"])
-    task = get_task(config.get("task", "semantic"))
-    module = task.build_module(res["model"], model, num_classes, datamodule.class_names, res["module"])
-    tr = res["trainer"]
+    model = build_model(cell.model, num_classes, **cell.model_kwargs)
+    task = get_task(card["task"])
+    module = task.build_module(model, num_classes, datamodule.class_names, recipe)
+    tr = recipe.trainer
     ckpt_dir = run_dir / "checkpoints"
     last_ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                every_n_train_steps=tr["checkpoint_every"])
+                                every_n_train_steps=tr.checkpoint_every)
     best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor, mode="max",
                                 save_top_k=1, save_last=False)
     throughput = Throughput()
@@ -110,32 +113,32 @@ def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_proje
     wandb_logger = None
     if wandb_project:
         wandb_logger = make_wandb_logger(
-            wandb_project, group=config["ablation"], name=f"{config['variant']}-seed{config['seed']}",
-            run_dir=run_dir, config=config, tags=[config["ablation"], config["dataset"], config["preset"]],
+            wandb_project, group=card["ablation"], name=f"{card['variant']}-seed{seed}",
+            run_dir=run_dir, config=config, tags=[card["ablation"], card["dataset"], card["preset"]],
         )
         if wandb_logger is not None:
             loggers.append(wandb_logger)
-    world = tr["devices"] * tr["num_nodes"]
-    global_batch = res["data"]["batch_size"] * world * tr["accumulate"]
-    sync_bn = bool(tr["sync_batchnorm"]) and world > 1
+    world = run.world
+    global_batch = cell.global_batch
+    sync_bn = tr.sync_batchnorm and world > 1 and recipe.optim.bn == "trained"
     sync_count = SyncBatchNormCount()
     sync_plugin = SyncBatchNormPlugin()
     trainer = L.Trainer(
-        accelerator=tr["accelerator"], devices=tr["devices"], num_nodes=tr["num_nodes"],
+        accelerator=accelerator, devices=run.devices, num_nodes=run.num_nodes,
         # "ddp", never "ddp_spawn": the spawn launcher's metric state double-counts on CPU
         strategy="ddp" if world > 1 else "auto",
         plugins=[sync_plugin] if sync_bn else None,
-        precision=tr["precision"], max_steps=tr["max_steps"], accumulate_grad_batches=tr["accumulate"],
-        val_check_interval=tr["val_every"], check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        precision=tr.precision, max_steps=tr.max_steps, accumulate_grad_batches=tr.accumulate,
+        val_check_interval=min(tr.val_every, tr.max_steps), check_val_every_n_epoch=None, num_sanity_val_steps=0,
         callbacks=[last_ckpt, best_ckpt, throughput, RNGState(), sync_count], logger=loggers,
-        default_root_dir=run_dir, deterministic=tr["deterministic"], log_every_n_steps=tr["log_every"],
+        default_root_dir=run_dir, deterministic=tr.deterministic, log_every_n_steps=tr.log_every,
         enable_progress_bar=verbose, enable_model_summary=False,
     )
     sync_plugin.cpu = isinstance(trainer.accelerator, CPUAccelerator)
     if trainer.is_global_zero:
         write_json_atomic(config_file, config)
         print(f"[cell] {run_dir}: {world} process(es), global batch {global_batch} "
-              f"({world} x {res['data']['batch_size']} per device x {tr['accumulate']} accumulation)"
+              f"({world} x {cell.batch_per_device} per device x {tr.accumulate} accumulation)"
               + (", SyncBatchNorm" if sync_bn else ""))
     for logger in loggers:
         logger.log_hyperparams({"global_batch": global_batch, "world_size": world})
@@ -158,13 +161,14 @@ def run_cell(config: dict[str, Any], run_dir: Path, make_datamodule, wandb_proje
     trainer.validate(module, datamodule=datamodule, ckpt_path=str(final), verbose=False)
     model = revert_sync_batchnorm(module.model)  # no-op unless a layer was left synchronised
     # real images of varying size and no fixed evaluation size (e.g. Mask R-CNN on VOC): no FLOPs
-    eval_size = res["eval_size"]
+    side = recipe.eval.pad_to or card["crop_size"]
+    eval_size = [side, side] if side else None
     result = {
-        "ablation": config["ablation"], "variant": config["variant"], "seed": config["seed"],
-        "dataset": config["dataset"], "preset": config["preset"],
+        "ablation": card["ablation"], "variant": card["variant"], "seed": seed,
+        "dataset": card["dataset"], "preset": card["preset"],
         **{k: v for k, v in module.last_metrics.items()},
-        "eval_mode": res["module"].get("eval_mode", "whole"),
-        "crf": res["module"].get("crf"),
+        "eval_mode": recipe.eval.mode,
+        "crf": recipe.eval.crf,
         "params": sum(p.numel() for p in model.parameters()),
         "gflops": count_gflops(model, *eval_size) if eval_size else None, "eval_size": eval_size,
         "train_images_per_s": throughput.images_per_second(),

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.aspp_ablation import ABLATION as ASPP  # noqa: E402
+from experiments.recipes import deeplab  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation  # noqa: E402
 
@@ -35,9 +36,7 @@ ABLATION = Ablation(
     synthetic_task=ASPP.synthetic_task,
     variants={name: ASPP.variants[name] for name in ("LargeFOV", "ASPP-L")},
     paper_data="voc",
-    paper_recipe=ASPP.paper_recipe,
-    smoke_recipe=ASPP.smoke_recipe,
-    always_crf=True,
+    paper=deeplab.CRF,   # every cell is evaluated before and after the CRF
 )
 
 if __name__ == "__main__":

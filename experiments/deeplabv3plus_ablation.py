@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.recipes import deeplab_v3  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Variant  # noqa: E402
 
@@ -45,7 +46,7 @@ ABLATION = Ablation(
         "R101 no decoder": Variant("deeplab_v3", R101, "deeplab_v3plus.table3.no_decoder_os16"),
         "R101 decoder": Variant("deeplab_v3plus", decoder(), "deeplab_v3plus.table3.decoder_os16"),
         "R101 decoder, eval OS 8": Variant("deeplab_v3plus", decoder(), "deeplab_v3plus.table3.decoder_os8",
-                                           module={"eval_output_stride": 8}),
+                                           recipe={"eval": {"output_stride": 8}}),
         "low-level 16, 1 conv": Variant("deeplab_v3plus", decoder(16, 1), "deeplab_v3plus.table1.ll16"),
         "low-level 48, 1 conv": Variant("deeplab_v3plus", decoder(48, 1), "deeplab_v3plus.table1.ll48"),
         "low-level 64, 1 conv": Variant("deeplab_v3plus", decoder(64, 1), "deeplab_v3plus.table1.ll64"),
@@ -56,9 +57,7 @@ ABLATION = Ablation(
         "Xception-65 decoder, separable": Variant("deeplab_v3plus", {**XCEPTION, "separable": True}),
     },
     paper_data="voc",
-    # v3+ Sec. 4: crop 513, batch 16, lr 0.007, poly, 30K iterations at train OS 16 (as v3).
-    paper_recipe={"data": {"crop_size": 513, "batch_size": 16, "scale_range": (0.5, 2.0), "augment": "deeplab"},
-                  "module": {"lr": 0.007}, "trainer": {"max_steps": 30000}, "eval_size": 513, "paper_batch": 16},
+    paper=deeplab_v3.PAPER,   # v3+ Sec. 4: trained as v3 (crop 513, batch 16, lr 0.007, 30K at OS 16)
 )
 
 if __name__ == "__main__":

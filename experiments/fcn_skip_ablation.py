@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.recipes import fcn  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Variant  # noqa: E402
 
@@ -33,14 +34,10 @@ ABLATION = Ablation(
         "FCN-8s": Variant("fcn8s", {}, "fcn.table2.fcn8s"),
     },
     paper_data="voc",
-    # FCN Sec. 4.3: batch 20, SGD lr 1e-4 fixed, momentum 0.9; whole images (no crop) in the
-    # paper — here random 500 crops, the largest VOC side, which keeps batches rectangular.
-    # Smoke: VGG16-BN (plain VGG16 does not train from scratch), and 1000 steps at lr 5e-3: at
-    # 300 steps / 2e-3 no FCN variant had left the all-background solution yet.
-    smoke_recipe={"model": {"batch_norm": True}, "module": {"lr": 5e-3},
-                  "trainer": {"max_steps": 1000, "val_every": 500}},
-    paper_recipe={"data": {"crop_size": 500, "batch_size": 20, "scale_range": (1.0, 1.0), "augment": "flip"},
-                  "trainer": {"max_steps": 20000}, "eval_size": 500, "paper_batch": 20},
+    paper=fcn.PAPER,
+    # 1000 steps at lr 5e-3: at 300 steps / 2e-3 no FCN variant had left the all-background
+    # solution yet (VGG16-BN from scratch)
+    smoke={"optim": {"lr": 5e-3}, "trainer": {"max_steps": 1000, "val_every": 500}},
 )
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.recipes import pspnet  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Variant  # noqa: E402
 
@@ -46,10 +47,7 @@ ABLATION = Ablation(
         "B1236 AVE DR": Variant("pspnet", psp((1, 2, 3, 6), "avg", True), "pspnet.table1.b1236_ave_dr"),
     },
     paper_data="ade20k",
-    # PSPNet Sec. 4.1 / hszhao semseg: crop 473, batch 16 (synchronised BN), 150K iterations,
-    # scale 0.5–2.0, rotation ±10°, Gaussian blur, mirror.
-    paper_recipe={"data": {"crop_size": 473, "batch_size": 16, "scale_range": (0.5, 2.0), "augment": "pspnet"},
-                  "trainer": {"max_steps": 150000}, "eval_size": 473, "paper_batch": 16},
+    paper=pspnet.PAPER,
 )
 
 if __name__ == "__main__":

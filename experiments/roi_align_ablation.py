@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.recipes import mask_rcnn  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Variant  # noqa: E402
 
@@ -47,23 +48,16 @@ ABLATION = Ablation(
                             "mask_rcnn.table2c.roialign"),
         "RoIAlign (aligned)": Variant("mask_rcnn", {"roi_layer": "RoIAlign", "aligned": True}),
     },
-    # He et al. Sec. 3.1: 16 images per batch (8 GPUs × 2), lr 0.02, momentum 0.9, weight decay
-    # 1e-4, lr ÷10 at 120k of 160k iterations on COCO; short side 800. VOC train is 1/80 of
-    # COCO's images: 9k iterations with the step at the same 3/4 (our choice), 500 warm-up
-    # iterations as Detectron's configs. ImageNet backbone, frozen BN, stem + res2 fixed.
-    paper_recipe={"data": {"batch_size": 2, "val_batch_size": 1},
-                  "module": {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
-                             "poly_power": 0.0, "lr_steps": (6750,), "warmup_steps": 500},
-                  "trainer": {"max_steps": 9000, "val_every": 3000}, "paper_batch": 16},
+    paper=mask_rcnn.PAPER,
     # Whole 128 px images (no resizing), anchors 8-128 px for objects of 12-40 px, fewer
-    # proposals; 300 steps (SMOKE). One cell (RoIAlign, seed 0, one thread) took 167 s in the
-    # runner with the 2 cores shared by other jobs (load 8); ~0.2 s per step when less loaded.
-    smoke_recipe={"model": {"min_size": 128, "max_size": 128, "anchor_sizes": (8, 16, 32, 64, 128),
-                            "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
-                            "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100,
-                            "box_batch_size_per_image": 128, "box_detections_per_img": 50},
-                  "data": {"batch_size": 4, "val_batch_size": 8, "num_train": 400, "num_val": 50,
-                           "image_size": 128}},
+    # proposals; 300 steps. One cell (RoIAlign, seed 0, one thread) took 167 s in the runner
+    # with the 2 cores shared by other jobs (load 8); ~0.2 s per step when less loaded.
+    smoke={"model": {"min_size": 128, "max_size": 128, "anchor_sizes": (8, 16, 32, 64, 128),
+                     "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
+                     "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100,
+                     "box_batch_size_per_image": 128, "box_detections_per_img": 50},
+           "data": {"global_batch": 4, "val_batch_size": 8, "num_train": 400, "num_val": 50,
+                    "image_size": 128}},
 )
 
 if __name__ == "__main__":

@@ -1,124 +1,159 @@
 """The shared experiment runner: every ablation script hands its :class:`Ablation` to :func:`main`.
 
-A run is one cell (ablation, variant, seed, dataset, preset); see ``experiments/cell.py`` for
-the run directory and resume rules and ``experiments/table.py`` for the results table.
+A run is one cell (ablation, variant, seed, dataset, preset); ``experiments/cell.py`` holds the
+run directory and resume rules, ``experiments/table.py`` the results table. What a cell does is
+its resolved recipe (``experiments/recipe.py``), one precedence everywhere: preset defaults <
+ablation recipe < variant < command line. ``--dry-run`` prints every selected cell's recipe card
+and exits without reading data or writing anything.
 
 Presets:
-- ``smoke`` (default without --data-root): the ablation's synthetic diagnostic task, the paper's
-  topology with channel ``width`` scaled down, trained from scratch with AdamW for a few hundred
-  steps on a CPU. It checks that the comparison runs end to end and shows the *direction* of an
-  effect on a task built to expose it; its numbers are not comparable to the paper's.
-- ``paper``: the paper's recipe (crop, batch, iterations, learning rates, schedule,
-  augmentation, ImageNet-pretrained backbone) on the paper's dataset.
+- ``smoke`` (default for synthetic data): the paper's recipe with the generic smoke changes
+  (``experiments.recipe.SMOKE``: 1/8 width, from scratch, AdamW, a few hundred steps on the
+  ablation's synthetic diagnostic task) and the ablation's own; every value that differs from
+  the paper recipe is printed at start-up. It shows the *direction* of an effect on a task
+  built to expose it; its numbers are not comparable to the paper's.
+- ``paper``: the paper's recipe (``experiments/recipes/<paper>.py``) on the paper's dataset.
 
 Commands: ``run`` (default) trains the selected cells, skipping finished ones and resuming
 unfinished ones; ``collect`` builds the table from whatever cells finished; ``cells`` lists the
-unfinished cells as ``VARIANT<tab>SEED`` lines (what ``experiments/slurm/submit.sh`` turns into a job
-array). ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes.
+unfinished cells as ``VARIANT<tab>SEED`` lines (what ``experiments/slurm/submit.sh`` turns into
+a job array). ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes; the
+per-device batch is the paper's global batch / (N·M·accumulate).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import os
 from pathlib import Path
 from typing import Any
 
+from experiments.card import Run, dataset_key, recipe_card, resolve
 from experiments.cell import run_cell
-from experiments.distributed import check_global_batch, global_rank
+from experiments.distributed import global_rank
+from experiments.recipe import PRECISIONS, RecipeError
 from experiments.spec import Ablation
-from experiments.tasks import get_task
 from experiments.table import collect_rows, render_csv, render_markdown, write_text_atomic
-
-SMOKE: dict[str, Any] = {
-    "width": 0.125,
-    # Extra model kwargs of the smoke preset; e.g. VGG16-BN for the VGG ablations (plain VGG16
-    # does not train from scratch in a few hundred steps).
-    "model": {},
-    "pretrained": False,
-    "data": {"batch_size": 8, "val_batch_size": 16, "num_workers": 0, "augment": "flip"},
-    "module": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "head_lr_mult": 1.0,
-               "bias_lr_mult": 1.0, "poly_power": 0.9, "warmup_steps": 20},
-    "trainer": {"max_steps": 300, "val_every": 300, "checkpoint_every": 100, "deterministic": True,
-                "precision": "32-true", "log_every": 10},
-    "seeds": [0, 1],
-}
-PAPER: dict[str, Any] = {
-    "width": 1.0,
-    "model": {},
-    "pretrained": True,
-    "data": {"num_workers": 8, "val_batch_size": 1},
-    "module": {},
-    "trainer": {"val_every": 2000, "checkpoint_every": 500, "deterministic": False,
-                "precision": "32-true", "log_every": 50},
-    "seeds": [0, 1, 2],
-}
+from experiments.tasks import get_task
 
 
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+def _number(kind: type, low: float, name: str, strict: bool = False):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{name} must be {'>' if strict else '>='} {low:g}, got {text}")
+        return value
+    return parse
 
 
-def parse_args(ablation: Ablation, argv: list[str] | None) -> argparse.Namespace:
+POSITIVE_INT = _number(int, 1, "the value")
+NON_NEGATIVE_INT = _number(int, 0, "the value")
+POSITIVE_FLOAT = _number(float, 0, "the value", strict=True)
+
+
+def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
+    task = get_task(ablation.task)
     p = argparse.ArgumentParser(description=ablation.title)
     p.add_argument("command", nargs="?", default="run", choices=["run", "collect", "cells"],
                    help="run the cells (default), only collect the table from finished cells, or "
                         "list the unfinished cells as 'VARIANT<tab>SEED' lines (for job arrays)")
-    p.add_argument("--data", choices=["synthetic", "voc", "ade20k"], default="synthetic")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each selected cell's recipe card (JSON lines, then a table) and exit")
+    p.add_argument("--data", choices=sorted(task.datasets), default="synthetic")
     p.add_argument("--data-root", type=Path, help="folder containing VOCdevkit / ADEChallengeData2016")
     p.add_argument("--preset", choices=["smoke", "paper"], help="default: smoke for synthetic data, else paper")
-    p.add_argument("--variants", nargs="+", help="subset of variants to run (default: all)")
-    p.add_argument("--variant", help="run exactly one variant (with --seed: one cell, e.g. a job-array task)")
-    p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: smoke 0 1, paper 0 1 2)")
-    p.add_argument("--seed", type=int, help="run exactly one seed")
-    p.add_argument("--devices", type=int, default=1)
-    p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--accelerator", default="auto")
-    p.add_argument("--precision", help="e.g. 32-true, bf16-mixed, 16-mixed")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int, help="per-device batch size")
-    p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--variants", nargs="+", help="subset of variants to run (default: all)")
+    which.add_argument("--variant", help="run exactly one variant (with --seed: one cell, e.g. a job-array task)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", nargs="+", type=NON_NEGATIVE_INT, help="seeds (default: the preset's)")
+    seeds.add_argument("--seed", type=NON_NEGATIVE_INT, help="run exactly one seed")
+    p.add_argument("--devices", type=POSITIVE_INT, default=1)
+    p.add_argument("--num-nodes", type=POSITIVE_INT, default=1)
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
+    p.add_argument("--precision", choices=PRECISIONS, help="recipe trainer.precision, e.g. bf16-mixed")
+    p.add_argument("--max-steps", type=POSITIVE_INT)
+    p.add_argument("--batch-size", type=POSITIVE_INT,
+                   help="per-device batch; changes the global batch (recorded as a deviation)")
+    p.add_argument("--global-batch", type=POSITIVE_INT, help="recipe data.global_batch (default: the paper's)")
+    p.add_argument("--accumulate", type=POSITIVE_INT, help="gradient accumulation steps")
     p.add_argument("--no-sync-batchnorm", action="store_true", help="keep per-process BatchNorm under DDP")
     p.add_argument("--eval-mode", choices=["whole", "ms_flip", "sliding"])
     p.add_argument("--crf", action="store_true", help="also report results after dense CRF")
     p.add_argument("--crf-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a dense-CRF parameter (lightning_modules/crf.py CRFParams), e.g. bi_xy_std=50; repeatable")
-    p.add_argument("--width", type=float, help="channel width multiplier")
-    p.add_argument("--image-size", type=int, help="synthetic data only: image side in pixels (default: the task's)")
+    p.add_argument("--width", type=POSITIVE_FLOAT, help="channel width multiplier")
+    p.add_argument("--image-size", type=POSITIVE_INT, help="synthetic data only: image side in pixels")
     p.add_argument("--synthetic-task", help="synthetic data only: run on another diagnostic task than the "
                                             "ablation's (results go to their own folder)")
     p.add_argument("--pretrained", help="'true', 'false' or a path to timm backbone weights")
-    p.add_argument("--workers", type=int, help="data loader workers per process")
+    p.add_argument("--workers", type=NON_NEGATIVE_INT, help="data loader workers per process")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="sets",
+                   help="any recipe value, e.g. optim.lr=0.001, data.train_split=train, model.batch_norm=false; "
+                        "repeatable; beats every other setting")
     p.add_argument("--logger", choices=["csv", "wandb"], default="csv")
     p.add_argument("--wandb-project", default="segmentation-ablations")
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true",
                    help="skip the bar charts and prediction grid (results/<ablation>/<dataset>/figures/)")
-    for option, (choices, default, _) in ablation.options.items():
-        p.add_argument(f"--{option}", choices=choices, default=default)
-    args = p.parse_args(argv)
-    if args.synthetic_task is not None:
-        from datamodules.synthetic import SYNTHETIC_TASKS
+    for name, option in ablation.options.items():
+        p.add_argument(f"--{name}", choices=option.choices, default=option.default, help=option.help)
+    return p
 
-        if args.data != "synthetic" or ablation.task != "semantic":
-            p.error("--synthetic-task applies to the synthetic data of semantic ablations only")
-        if args.synthetic_task not in SYNTHETIC_TASKS:
-            p.error(f"--synthetic-task must be one of {sorted(SYNTHETIC_TASKS)}, got {args.synthetic_task!r}")
-    if args.image_size is not None and args.data != "synthetic":
-        p.error("--image-size applies to synthetic data only (real data keep their own sizes)")
-    if args.data != "synthetic" and args.data_root is None:
-        p.error(f"--data {args.data} needs --data-root (the folder that contains the dataset; see README)")
-    args.preset = args.preset or ("smoke" if args.data == "synthetic" else "paper")
-    args.crf = args.crf or ablation.always_crf
-    args.crf_params = parse_crf_params(p, args.crf_param)
-    if args.crf_params and not args.crf:
-        p.error("--crf-param needs --crf (this ablation does not run the dense CRF otherwise)")
-    return args
+
+def parse_value(text: str) -> Any:
+    """A command-line value: JSON (numbers, true/false/null, lists), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def command_line_changes(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's recipe changes (the top of the precedence), as a nested dict."""
+    changes: dict[str, Any] = {}
+
+    def put(section: str | None, key: str, value: Any) -> None:
+        if section is None:
+            changes[key] = value
+        else:
+            changes.setdefault(section, {})[key] = value
+
+    if args.max_steps is not None:
+        put("trainer", "max_steps", args.max_steps)
+    for flag, section, key in (("precision", "trainer", "precision"), ("global_batch", "data", "global_batch"),
+                               ("accumulate", "trainer", "accumulate"), ("workers", "data", "num_workers"),
+                               ("image_size", "data", "image_size"), ("width", None, "width")):
+        if getattr(args, flag) is not None:
+            put(section, key, getattr(args, flag))
+    if args.no_sync_batchnorm:
+        put("trainer", "sync_batchnorm", False)
+    if args.channels_last:
+        put("trainer", "channels_last", True)
+    if args.pretrained is not None:
+        put(None, "pretrained", {"true": True, "false": False}.get(args.pretrained.lower(), args.pretrained))
+    if args.eval_mode == "ms_flip":  # the named protocol: scales 0.5-1.75 and flips (DeepLab v3)
+        from lightning_modules.inference import DEFAULT_SCALES
+
+        changes.setdefault("eval", {}).update(mode="ms_flip", scales=DEFAULT_SCALES, flip=True)
+    elif args.eval_mode is not None:
+        put("eval", "mode", args.eval_mode)
+    crf = parse_crf_params(p, args.crf_param)
+    if args.crf:
+        put("eval", "crf", crf)
+    for item in args.sets:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or (not dot and section not in ("width", "pretrained", "seeds")):
+            p.error(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=0.001")
+        put(section if dot else None, name if dot else section, parse_value(value))
+    return changes
 
 
 def parse_crf_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
@@ -139,105 +174,108 @@ def parse_crf_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[
     return out
 
 
-def dataset_key(ablation: Ablation, args: argparse.Namespace) -> str:
-    name = f"synthetic_{ablation.synthetic_task}" if args.data == "synthetic" else args.data
-    if args.image_size is not None:  # results at another size go to their own folder
-        name += f"{args.image_size}px"
-    return f"{name}-{args.preset}"
+def _check_out(p: argparse.ArgumentParser, out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out}: exists and is not a folder")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        p.error(f"--out {out}: {existing} is not a writable folder")
 
 
-def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, variants: dict) -> dict:
-    """The complete settings of one cell: preset ⊕ ablation recipe ⊕ command-line overrides."""
-    base = SMOKE if args.preset == "smoke" else PAPER
-    recipe = merge(base, ablation.smoke_recipe if args.preset == "smoke" else ablation.paper_recipe)
-    variant = variants[variant_name]
-    data, trainer = dict(recipe["data"]), dict(recipe["trainer"])
-    module = {**recipe["module"], **variant.module}
-    if args.data == "synthetic":  # record the task's image size in the config explicitly
+def parse_args(ablation: Ablation, argv: list[str] | None) -> tuple[argparse.Namespace, Run, Ablation]:
+    """Parse and check the whole command line; every mistake is a one-line argparse error."""
+    p = build_parser(ablation)
+    args = p.parse_args(argv)
+    synthetic = args.data == "synthetic"
+    if synthetic and args.data_root is not None:
+        p.error("--data-root applies to real data only (--data voc or ade20k); synthetic data are generated")
+    if not synthetic and args.data_root is None:
+        p.error(f"--data {args.data} needs --data-root (the folder that contains the dataset; see README)")
+    if args.synthetic_task is not None:
         from datamodules.synthetic import SYNTHETIC_TASKS
 
-        if ablation.synthetic_task in SYNTHETIC_TASKS:
-            data.setdefault("image_size", SYNTHETIC_TASKS[ablation.synthetic_task].default_image_size)
-        if args.image_size is not None:
-            data["image_size"] = args.image_size
-    if args.batch_size:
-        data["batch_size"] = args.batch_size
-    if args.workers is not None:
-        data["num_workers"] = args.workers
-    if args.max_steps:
-        trainer["max_steps"] = args.max_steps
-        trainer["val_every"] = min(trainer["val_every"], args.max_steps)
-    if args.precision:
-        trainer["precision"] = args.precision
-    if args.eval_mode:
-        module["eval_mode"] = args.eval_mode
-    if module.get("eval_mode") == "sliding":
-        # windows of the training crop; synthetic data train on whole images (image_size)
-        module.setdefault("eval_crop", data.get("crop_size") or data.get("image_size"))
-    if args.crf:
-        from dataclasses import asdict
-
-        from lightning_modules.crf import CRFParams
-
-        module["crf"] = asdict(CRFParams(**{**(module.get("crf") or {}), **args.crf_params}))
-    if args.channels_last:
-        module["channels_last"] = True
-    width = args.width if args.width is not None else recipe["width"]
-    pretrained: Any = recipe["pretrained"]
-    if args.pretrained is not None:
-        pretrained = {"true": True, "false": False}.get(args.pretrained.lower(), args.pretrained)
-    world = args.devices * args.num_nodes
-    trainer.update(devices=args.devices, num_nodes=args.num_nodes, accelerator=args.accelerator,
-                   accumulate=args.accumulate, sync_batchnorm=not args.no_sync_batchnorm and world > 1)
-    eval_size = recipe.get("eval_size") or data.get("image_size") or data.get("crop_size")
-    if isinstance(eval_size, int):
-        eval_size = [eval_size, eval_size]
-    return {
-        "model": variant.model,
-        # a variant that fixes `pretrained` (U-Net: there are no weights) keeps it in every preset
-        "model_kwargs": {**variant.kwargs, **recipe.get("model", {}), "width": width,
-                         "pretrained": variant.kwargs.get("pretrained", pretrained)},
-        "data": data, "module": module, "trainer": trainer, "eval_size": eval_size,
-        "paper_batch": recipe.get("paper_batch"),
-    }
+        if not synthetic or ablation.task != "semantic":
+            p.error("--synthetic-task applies to the synthetic data of semantic ablations only")
+        if args.synthetic_task not in SYNTHETIC_TASKS:
+            p.error(f"--synthetic-task must be one of {sorted(SYNTHETIC_TASKS)}, got {args.synthetic_task!r}")
+    if args.image_size is not None and not synthetic:
+        p.error("--image-size applies to synthetic data only (real data keep their own sizes)")
+    if args.crf_param and not args.crf and ablation.paper.eval.crf is None:
+        p.error("--crf-param needs --crf (this ablation does not run the dense CRF otherwise)")
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once (a repeated seed is the same run)")
+    if args.command != "cells" and not args.dry_run:
+        _check_out(p, args.out)
+    args.preset = args.preset or ("smoke" if synthetic else "paper")
+    for name in ablation.options:
+        ablation = ablation.with_option(name, getattr(args, name))
+    names = [args.variant] if args.variant else (args.variants or list(ablation.variants))
+    unknown = [n for n in names if n not in ablation.variants]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; this ablation has {list(ablation.variants)}")
+    args.names = list(dict.fromkeys(names))
+    run = Run(data=args.data, data_root=str(args.data_root) if args.data_root else None, preset=args.preset,
+              devices=args.devices, num_nodes=args.num_nodes, batch_size=args.batch_size,
+              changes=command_line_changes(p, args), synthetic_task=args.synthetic_task)
+    try:  # every cell's recipe is checked before anything runs or is written
+        args.cells = {name: resolve(ablation, name, run) for name in args.names}
+    except (RecipeError, ValueError) as err:
+        p.error(str(err))
+    first = next(iter(args.cells.values()))
+    args.seed_list = [args.seed] if args.seed is not None else list(args.seeds or first.recipe.seeds)
+    return args, run, ablation
 
 
-def data_source(ablation: Ablation, args: argparse.Namespace) -> dict[str, Any]:
-    """Where a cell's data comes from (recorded in its config.json, e.g. for the figures)."""
-    return {"kind": args.data, "root": str(args.data_root) if args.data_root else None,
-            "synthetic_task": ablation.synthetic_task}
+def print_smoke_changes(ablation: Ablation, run: Run, cards: dict[str, dict]) -> None:
+    """Every value that differs from the paper recipe in the smoke preset, once."""
+    lines: dict[str, list[str]] = {}
+    for name, card in cards.items():
+        for line in card["deviations"]:
+            lines.setdefault(line, []).append(name)
+    print("=" * 100)
+    print(f"SMOKE PRESET: synthetic '{cards[next(iter(cards))]['data_source']['synthetic_task']}' task, "
+          f"width-scaled networks trained from scratch on the CPU; the numbers are NOT comparable to the paper's.")
+    for line, names in lines.items():
+        where = "" if len(names) == len(cards) else f"  [{', '.join(names)}]"
+        print(f"  smoke: {line}{where}")
+    print("=" * 100)
 
 
-def datamodule_factory(ablation: Ablation, args: argparse.Namespace, data: dict[str, Any]):
-    task, source = get_task(ablation.task), data_source(ablation, args)
-
-    def make(seed: int):
-        return task.make_datamodule(source["kind"], source["root"], source["synthetic_task"], seed, data)
-
-    return make
+def dry_run(ablation: Ablation, args: argparse.Namespace, run: Run) -> list[dict]:
+    """Print every selected cell's recipe card as one JSON line, then a short table; no files."""
+    cards = []
+    for name, cell in args.cells.items():
+        card = recipe_card(ablation, name, args.seed_list[0], run, cell)
+        for seed in args.seed_list:
+            cards.append({**card, "seed": seed})
+            print(json.dumps(cards[-1]))
+    print()
+    print("| variant | seed | model | params | global batch (processes x batch x accumulation) | steps | lr (schedule) | eval |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in cards:
+        ev = c["eval"]
+        protocol = ev["mode"] + (f" pad {ev['pad_to']}" if ev["pad_to"] else "") + (" + CRF" if ev["crf"] else "")
+        print(f"| {c['variant']} | {c['seed']} | {c['model']} | {c['params'] / 1e6:.2f}M | {c['global_batch']} "
+              f"({c['world_size']} x {c['batch_size_per_device']} x {c['accumulate']}) | {c['max_steps']} | "
+              f"{c['lr']:g} ({c['lr_schedule']}) | {protocol} |")
+    steps = sum(c["max_steps"] for c in cards)
+    images = sum(c["images_seen"] for c in cards)
+    print(f"\n{len(cards)} cells, {steps:,} optimiser steps, {images:,} training images in total "
+          f"(results would go to {args.out / ablation.name / dataset_key(ablation, run)}).")
+    notes = sorted({n for c in cards for n in c["notes"]})
+    if notes:
+        print("Known deviations from the paper (recipe notes):\n" + "\n".join(f"  - {n}" for n in notes))
+    return cards
 
 
 def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
-    args = parse_args(ablation, argv)
-    variants = dict(ablation.variants)
-    for option, (_, _, make_variants) in ablation.options.items():
-        variants = make_variants(getattr(args, option))
-    ablation = copy.copy(ablation)
-    ablation.variants = variants
-    if args.synthetic_task:
-        ablation.synthetic_task = args.synthetic_task
-    names = [args.variant] if args.variant else (args.variants or list(variants))
-    unknown = [n for n in names if n not in variants]
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; this ablation has {list(variants)}")
-    preset_seeds = (SMOKE if args.preset == "smoke" else PAPER)["seeds"]
-    seeds = [args.seed] if args.seed is not None else (args.seeds or preset_seeds)
-    out_dir = args.out / ablation.name / dataset_key(ablation, args)
-    smoke_note = (
-        f"SMOKE PRESET: synthetic '{ablation.synthetic_task}' task, width-scaled networks trained from "
-        f"scratch on the CPU. It shows the direction of an effect on a task built to expose it; "
-        f"the numbers are NOT comparable to the paper column."
-    )
+    args, run, ablation = parse_args(ablation, argv)
+    out_dir = args.out / ablation.name / dataset_key(ablation, run)
+    if args.dry_run:
+        return dry_run(ablation, args, run)
+    names, seeds = args.names, args.seed_list
     if args.command == "cells":
         for name in names:
             if "\t" in name or "\n" in name:
@@ -246,50 +284,57 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
                 if not (out_dir / name / f"seed{seed}" / "metrics.json").exists():
                     print(f"{name}\t{seed}")  # names may contain spaces ("B1236 AVE")
         return []
-    if args.preset == "smoke" and args.command == "run" and global_rank() == 0:
-        print("=" * 100 + f"\n{smoke_note}\n" + "=" * 100)
     if args.command == "run":
-        first = resolve(ablation, args, names[0], variants)
-        world = args.devices * args.num_nodes
-        per_device = first["data"]["batch_size"]
-        if global_rank() == 0:
-            check_global_batch(world * per_device * args.accumulate, first["paper_batch"], args.preset,
-                               per_device, world, args.accumulate)
+        cards = {name: recipe_card(ablation, name, seeds[0], run, cell) for name, cell in args.cells.items()}
+        if run.preset == "smoke" and global_rank() == 0:
+            print_smoke_changes(ablation, run, cards)
+        task = get_task(ablation.task)
+        dataset = task.dataset(run.data)
         # Under DDP every process runs this loop (Lightning's launcher reruns the script for the
         # other ranks; srun/torchrun start them all); a cell decides skip/resume/train the same
         # way on every rank because they all see the same run directory.
         for name in names:
+            cell = args.cells[name]
             for seed in seeds:
-                res = resolve(ablation, args, name, variants)
-                config = {"ablation": ablation.name, "variant": name, "seed": seed, "task": ablation.task,
-                          "dataset": dataset_key(ablation, args), "preset": args.preset,
-                          "data_source": data_source(ablation, args), "resolved": res}
-                run_cell(config, out_dir / name / f"seed{seed}", datamodule_factory(ablation, args, res["data"]),
-                         args.wandb_project if args.logger == "wandb" else None, verbose=not args.quiet)
+                card = cards[name] if seed == seeds[0] else {**cards[name], "seed": seed}
+
+                def make_datamodule(s: int, cell=cell):
+                    return dataset.build(run.data_root, card["data_source"]["synthetic_task"], s,
+                                         cell.batch_per_device, cell.recipe.data)
+
+                run_cell(card, cell, run, out_dir / name / f"seed{seed}", make_datamodule,
+                         args.wandb_project if args.logger == "wandb" else None, verbose=not args.quiet,
+                         accelerator=args.accelerator)
     if global_rank() != 0:  # the table is written once, by rank 0
         return []
     # One cell (e.g. a job-array task) refreshes the whole table from the finished cells, as
     # collect does, instead of overwriting it with its own row; the W&B table is left to collect.
     one_cell = args.command == "run" and args.variant is not None
     if args.command == "collect" or one_cell:
-        names = list(variants)
+        names = list(ablation.variants)
     if one_cell:
-        seeds = args.seeds or preset_seeds
-    return write_table(ablation, args, names, seeds, out_dir, smoke_note if args.preset == "smoke" else None,
-                       log_wandb=not one_cell)
+        seeds = list(args.seeds or next(iter(args.cells.values())).recipe.seeds)
+    with_crf = next(iter(args.cells.values())).recipe.eval.crf is not None
+    return write_table(ablation, args, run, names, seeds, out_dir, with_crf, log_wandb=not one_cell)
 
 
-def write_table(ablation: Ablation, args, names: list[str], seeds: list[int], out_dir: Path,
-                smoke_note: str | None, log_wandb: bool = True) -> list[dict]:
-    same_data = args.data == ablation.paper_data
-    keys = ["val"] + (["val_crf"] if args.crf else [])
+SMOKE_NOTE = ("SMOKE PRESET: synthetic '{task}' task, width-scaled networks trained from scratch on the CPU. "
+              "It shows the direction of an effect on a task built to expose it; the numbers are NOT "
+              "comparable to the paper column.")
+
+
+def write_table(ablation: Ablation, args, run: Run, names: list[str], seeds: list[int], out_dir: Path,
+                with_crf: bool, log_wandb: bool = True) -> list[dict]:
+    same_data = run.data == ablation.paper_data
+    smoke_note = SMOKE_NOTE.format(task=run.synthetic_task or ablation.synthetic_task) if run.preset == "smoke" else None
+    keys = ["val"] + (["val_crf"] if with_crf else [])
     text, rows_all, by_key = [], [], {}
     for key in keys:
         rows = collect_rows(ablation, names, seeds, out_dir, key)
         if not same_data:
             for r in rows:
                 r["delta"] = None
-        title = f"{ablation.title} — {dataset_key(ablation, args)}" + (" (after dense CRF)" if key == "val_crf" else "")
+        title = f"{ablation.title} — {dataset_key(ablation, run)}" + (" (after dense CRF)" if key == "val_crf" else "")
         if smoke_note:
             title = f"[SMOKE] {title}"
         metric_note = (
@@ -302,8 +347,9 @@ def write_table(ablation: Ablation, args, names: list[str], seeds: list[int], ou
         notes = ([smoke_note] if smoke_note else []) + [
             f"{metric_note}; std is the sample standard deviation over seeds.",
             "Δ = ours − paper, shown only when the data is the paper's dataset"
-            + ("" if same_data else f" (paper: {ablation.paper_data}; here: {args.data})") + ".",
-            f"Seeds requested: {seeds}. GFLOPs: one forward pass at the eval size, multiply-add = 2 FLOPs.",
+            + ("" if same_data else f" (paper: {ablation.paper_data}; here: {run.data})") + ".",
+            f"Seeds requested: {seeds}. GFLOPs: one forward pass at the eval size, multiply-add = 2 FLOPs. "
+            "Each cell's recipe card is in its config.json.",
         ]
         text.append(render_markdown(title, rows, notes))
         write_text_atomic(out_dir / ("results.csv" if key == "val" else "results_crf.csv"), render_csv(rows))
@@ -324,6 +370,7 @@ def write_table(ablation: Ablation, args, names: list[str], seeds: list[int], ou
     if args.logger == "wandb" and log_wandb:
         from experiments.tracking import log_figures, log_results_table
 
-        log_results_table(args.wandb_project, ablation.name, dataset_key(ablation, args), rows_all, out_dir)
-        log_figures(args.wandb_project, ablation.name, dataset_key(ablation, args), figures)
+        log_results_table(args.wandb_project, ablation.name, dataset_key(ablation, run), rows_all, out_dir)
+        log_figures(args.wandb_project, ablation.name, dataset_key(ablation, run), figures)
     return rows_all
+

@@ -9,21 +9,40 @@ says what its numbers measure (default mIoU).
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from experiments.recipe import Recipe
 
 PAPER_NUMBERS_FILE = Path(__file__).with_name("paper_numbers.toml")
 
 
 @dataclass(frozen=True)
 class Variant:
+    """One row of a paper's table: a model, the knobs being compared and the paper's number.
+
+    ``kwargs`` are model keyword arguments named as in the paper; ``recipe`` holds the
+    variant's other settings as recipe overrides (``{"optim": {"border_weight": True}}``,
+    ``{"eval": {"output_stride": 8}}``, ``{"pretrained": False}``). Both sit above the
+    ablation's recipe and below the command line (``experiments/recipe.py``)."""
+
     model: str                                  # a name from models.available_models()
-    kwargs: dict[str, Any] = field(default_factory=dict)  # the knobs, named as in the paper
+    kwargs: dict[str, Any] = field(default_factory=dict)
     paper: str | None = None                    # key into paper_numbers.toml
-    # LightningModule settings that belong to this variant (e.g. U-Net's ``border_weight``,
-    # DeepLab v3's ``eval_output_stride``), merged over the preset's module settings.
-    module: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Option:
+    """An extra command-line switch of a script that selects another set of variants, e.g.
+    ``--backbone vgg16|resnet101`` for the ASPP ablation (Table 3 vs Table 4)."""
+
+    choices: tuple[str, ...]
+    default: str
+    variants: Callable[[str], dict[str, Variant]]
+    help: str = ""
 
 
 @dataclass(frozen=True)
@@ -33,33 +52,22 @@ class PaperNumber:
     protocol: str
     metric: str = "miou"    # what the number is: "miou" (in %), "mask_ap" (in %), ...
 
-    @property
-    def miou(self) -> float:
-        return self.value
 
-    @property
-    def reference(self) -> str:
-        return self.source
-
-
-@dataclass
+@dataclass(frozen=True)
 class Ablation:
     name: str                    # results/<name>/...
     title: str
     synthetic_task: str          # the diagnostic task of the smoke preset (datamodules.synthetic)
     variants: dict[str, Variant]
     paper_data: str              # the dataset the paper numbers refer to: "voc", "ade20k", "coco"
-    # The paper's recipe for the `paper` preset: datamodule, module and trainer settings.
-    paper_recipe: dict[str, Any] = field(default_factory=dict)
-    # Overrides of the generic smoke preset (experiments/runner.py SMOKE) for this ablation.
-    smoke_recipe: dict[str, Any] = field(default_factory=dict)
-    # Extra command-line switches of this script: option name -> (choices, default, function
-    # (choice) -> variants); e.g. --backbone vgg16|resnet101 for the ASPP ablation.
-    options: dict[str, tuple[tuple[str, ...], str, Any]] = field(default_factory=dict)
-    # "semantic" (SegmentationModule, mIoU) or "instance" (Mask R-CNN, mask AP); see experiments/tasks.py
-    task: str = "semantic"
-    # evaluate every cell also after the dense CRF (as ``--crf``), e.g. the CRF ablation
-    always_crf: bool = False
+    paper: Recipe                # the paper's recipe (experiments/recipes/<paper>.py)
+    # this ablation's changes to the generic smoke preset (experiments/recipe.py SMOKE)
+    smoke: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Option] = field(default_factory=dict)
+    task: str = "semantic"       # a key of experiments.tasks.TASKS
+
+    def with_option(self, option: str, choice: str) -> Ablation:
+        return replace(self, variants=self.options[option].variants(choice))
 
 
 def load_paper_numbers(path: Path = PAPER_NUMBERS_FILE) -> dict[str, PaperNumber]:

@@ -29,12 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.recipes import unet  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Variant  # noqa: E402
 
 VARIANTS = {
     f"{padding}{' + weights' if weights else ''}": Variant(
-        "unet", {"padding": padding}, None, module={"border_weight": weights})
+        "unet", {"padding": padding}, None, recipe={"optim": {"border_weight": weights}})
     for padding in ("valid", "same") for weights in (False, True)
 }
 
@@ -44,14 +45,11 @@ ABLATION = Ablation(
     synthetic_task="touching",
     variants=VARIANTS,
     paper_data="voc",
-    # Smoke: BatchNorm (not in the paper) to train from scratch in minutes. Valid padding runs
-    # each 128-px image as a 316-px input (92 px of mirrored context a side): ~3× the cost.
-    smoke_recipe={"model": {"batch_norm": True}, "module": {"lr": 5e-3, "trimap_width": 1},
-                  "trainer": {"max_steps": 80, "val_every": 80}},
-    # Sec. 3: one large tile per batch (572 → 388), SGD momentum 0.99 (lightning_modules.recipes
-    # UNetModule); the paper gives no iteration count. No ImageNet encoder: from scratch.
-    paper_recipe={"pretrained": False, "data": {"crop_size": 388, "batch_size": 1, "augment": "flip"},
-                  "trainer": {"max_steps": 20000}, "eval_size": 500, "paper_batch": 1},
+    paper=unet.PAPER,
+    # Valid padding runs each 128-px image as a 316-px input (92 px of mirrored context a
+    # side): ~3x the cost. A 1-px trimap band: the borders between touching cells.
+    smoke={"optim": {"lr": 5e-3}, "eval": {"trimap_width": 1},
+           "trainer": {"max_steps": 80, "val_every": 80}},
 )
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ A plain dict maps names to builders (no string registry decorators, no config in
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -43,13 +44,33 @@ def available_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Build model ``name`` with ``num_classes`` output classes and the paper's knobs as kwargs."""
+def builder(name: str) -> Callable[..., nn.Module]:
+    """The function or class that :func:`build_model` calls for ``name``."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; expected one of {available_models()}")
+    return _BUILDERS[name]
+
+
+def builder_parameters(name: str) -> list[str]:
+    """The keyword arguments model ``name`` is documented to take (``num_classes`` aside)."""
+    params = inspect.signature(builder(name)).parameters
+    return [n for n, p in params.items() if n != "num_classes" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+def builder_accepts(name: str, kwarg: str) -> bool:
+    """Whether ``kwarg`` can be passed to model ``name``; a builder that forwards ``**kwargs``
+    (the FCN variants to ``FCN``, Mask R-CNN to torchvision's ``MaskRCNN``) accepts any name
+    here and rejects a wrong one when it is built."""
+    params = inspect.signature(builder(name)).parameters
+    return kwarg in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` output classes and the paper's knobs as kwargs."""
+    make = builder(name)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    return _BUILDERS[name](num_classes=num_classes, **kwargs)
+    return make(num_classes=num_classes, **kwargs)
 
 
 __all__ = [
@@ -62,4 +83,7 @@ __all__ = [
     "UNet",
     "available_models",
     "build_model",
+    "builder",
+    "builder_accepts",
+    "builder_parameters",
 ]

@@ -1,0 +1,270 @@
+"""Resolve one cell of an ablation into its recipe, and describe it as a *recipe card*.
+
+:func:`resolve` applies the one precedence of ``experiments/recipe.py`` (preset defaults <
+ablation recipe < variant < command line) and derives what the recipe leaves to the run: the
+per-device batch from the paper's global batch, the synthetic task's image size, the sliding
+window. :func:`recipe_card` is the flat record of everything the cell will do — printed by
+``--dry-run`` and stored in every cell's ``config.json`` — with the differences from the
+paper's recipe listed as ``deviations`` and the recipe's known ones as ``notes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from experiments.recipe import SMOKE, Recipe, RecipeError, as_dict, model_rule_kwargs, override
+from experiments.spec import Ablation
+from experiments.tasks import get_task
+
+# Card fields that describe the run's environment, not its result: a rerun may change them.
+RUNTIME_FIELDS = ("num_workers", "log_every", "checkpoint_every", "notes", "deviations", "smoke_rules",
+                  "params", "head_layers")
+AUGMENT_DETAILS = {  # datamodules.transforms.train_transforms, per augment name
+    "none": {"flip": False, "rotate": None, "blur": None},
+    "flip": {"flip": True, "rotate": None, "blur": None},
+    "deeplab": {"flip": True, "rotate": None, "blur": None},
+    "pspnet": {"flip": True, "rotate": "±10° (p=0.5)", "blur": "Gaussian 5×5, σ=1.1 (p=0.5)"},
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where a sweep runs: data, preset, processes, and the command line's recipe changes."""
+
+    data: str = "synthetic"             # a dataset of the ablation's task
+    data_root: str | None = None
+    preset: str = "smoke"
+    devices: int = 1
+    num_nodes: int = 1
+    batch_size: int | None = None       # per device, explicit (changes the global batch)
+    changes: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # command-line recipe changes
+    synthetic_task: str | None = None   # another diagnostic task than the ablation's
+
+    @property
+    def world(self) -> int:
+        return self.devices * self.num_nodes
+
+
+@dataclass(frozen=True)
+class Cell:
+    recipe: Recipe
+    model: str
+    model_kwargs: dict[str, Any]        # build_model kwargs, width and pretrained included
+    batch_per_device: int
+    global_batch: int
+    smoke_rules: tuple[str, ...]
+
+
+def _layers(ablation: Ablation, variant_name: str, preset: str, rule_kwargs: Mapping[str, Any],
+            changes: Mapping[str, Any]) -> Recipe:
+    variant = ablation.variants[variant_name]
+    recipe = ablation.paper
+    if preset == "smoke":
+        recipe = override(override(recipe, {**SMOKE, "model": dict(rule_kwargs)}), ablation.smoke)
+    recipe = override(recipe, {"model": variant.kwargs, **variant.recipe})
+    return override(recipe, changes)
+
+
+def _check_model_keys(model: Mapping[str, Any]) -> None:
+    for key in ("width", "pretrained"):
+        if key in model:
+            raise RecipeError(f"model.{key}: set {key!r} at the recipe's top level (--{key} on the command line)")
+
+
+def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
+    """The complete, checked recipe of one cell; RecipeError names whatever is wrong."""
+    from models import builder_accepts
+
+    variant = ablation.variants[variant_name]
+    rules: tuple[str, ...] = ()
+    rule_kwargs: dict[str, Any] = {}
+    if run.preset == "smoke":  # the smoke rules look at the model as it is otherwise resolved
+        plain = _layers(ablation, variant_name, run.preset, {}, run.changes)
+        rule_kwargs, used = model_rule_kwargs(variant.model, plain.model)
+        rules = tuple(f"{r.name}: {r.kwargs} ({r.why})" for r in used)
+    recipe = _layers(ablation, variant_name, run.preset, rule_kwargs, run.changes)
+    _check_model_keys(recipe.model)
+    unknown = [k for k in recipe.model if not builder_accepts(variant.model, k)]
+    if unknown:
+        from experiments.recipe import unknown_key_error
+        from models import builder_parameters
+
+        raise unknown_key_error(f"the model arguments of {variant.model!r}", unknown[0], builder_parameters(variant.model))
+    task = get_task(ablation.task)
+    dataset = task.dataset(run.data)
+    dataset.check(recipe.data)
+    data = recipe.data
+    if run.data == "synthetic" and task.name == "semantic" and data.image_size is None:
+        from datamodules.synthetic import SYNTHETIC_TASKS
+
+        data = dataclasses.replace(data, image_size=SYNTHETIC_TASKS[synthetic_task(ablation, run)].default_image_size)
+    window = recipe.eval.window
+    if recipe.eval.mode == "sliding" and window is None:
+        window = data.crop_size or data.image_size
+        if window is None:
+            raise RecipeError("eval.mode='sliding' needs eval.window (no training crop to take it from)")
+    recipe = dataclasses.replace(recipe, data=data, eval=dataclasses.replace(recipe.eval, window=window))
+    accumulate = recipe.trainer.accumulate
+    if run.batch_size is not None:
+        per_device, global_batch = run.batch_size, run.batch_size * run.world * accumulate
+    else:
+        global_batch = recipe.data.global_batch
+        per_device, rest = divmod(global_batch, run.world * accumulate)
+        if rest or per_device == 0:
+            raise RecipeError(batch_advice(global_batch, run.world, accumulate))
+    kwargs = {**recipe.model, "width": recipe.width, "pretrained": recipe.pretrained}
+    return Cell(recipe, variant.model, kwargs, per_device, global_batch, rules)
+
+
+def batch_advice(global_batch: int, world: int, accumulate: int) -> str:
+    """Why a global batch cannot be split over the processes, and the nearest settings that can."""
+    splits = [w for w in range(1, global_batch + 1) if global_batch % w == 0]
+    near = sorted(splits, key=lambda w: (abs(w - world), w))[:2]
+    options = ", ".join(f"{w} processes x {global_batch // w} per device" for w in near)
+    return (f"global batch {global_batch} (the paper's) cannot be split over {world} processes x "
+            f"{accumulate} accumulation steps: per-device batch {global_batch / (world * accumulate):g}. "
+            f"Nearest valid: {options}; or choose --accumulate A with processes x A dividing "
+            f"{global_batch}; or --batch-size B to change the global batch (recorded as a deviation)")
+
+
+def synthetic_task(ablation: Ablation, run: Run) -> str:
+    return run.synthetic_task or ablation.synthetic_task
+
+
+def dataset_key(ablation: Ablation, run: Run) -> str:
+    name = f"synthetic_{synthetic_task(ablation, run)}" if run.data == "synthetic" else run.data
+    image_size = run.changes.get("data", {}).get("image_size")
+    if run.data == "synthetic" and image_size is not None:  # results at another size: own folder
+        name += f"{image_size}px"
+    return f"{name}-{run.preset}"
+
+
+def data_source(ablation: Ablation, run: Run) -> dict[str, Any]:
+    return {"kind": run.data, "root": run.data_root,
+            "synthetic_task": synthetic_task(ablation, run) if run.data == "synthetic" else None}
+
+
+def model_summary(cell: Cell, num_classes: int) -> tuple[int, list[str]]:
+    """(parameter count, names of the layers that get ``head_lr_mult``), from a model built on
+    the meta device: no memory, no weights read."""
+    import torch
+
+    from models import build_model
+
+    kwargs = {**cell.model_kwargs, "pretrained": False}
+    with torch.device("meta"):
+        model = build_model(cell.model, num_classes, **kwargs)
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, torch.nn.Module):
+        heads = ["all (no pretrained backbone)"]
+    else:
+        heads = [name for name, child in model.named_children() if child is not backbone]
+    return sum(p.numel() for p in model.parameters()), heads
+
+
+def recipe_card(ablation: Ablation, variant_name: str, seed: int, run: Run, cell: Cell,
+                num_classes: int | None = None) -> dict[str, Any]:
+    """Everything one cell will do, flat and JSON-ready; see the README's "Reading a recipe card"."""
+    card = _base_card(ablation, variant_name, seed, run, cell)
+    classes = num_classes or get_task(ablation.task).dataset(run.data).num_classes(synthetic_task(ablation, run))
+    card["params"], card["head_layers"] = model_summary(cell, classes)
+    card["deviations"] = deviations(ablation, variant_name, seed, run, card)
+    return card
+
+
+def _base_card(ablation: Ablation, variant_name: str, seed: int, run: Run, cell: Cell) -> dict[str, Any]:
+    r, task = cell.recipe, get_task(ablation.task)
+    dataset = task.dataset(run.data)
+    train_split, val_split = dataset.splits_of(r.data)
+    world, acc = run.world, r.trainer.accumulate
+    bn = r.optim.bn
+    if bn == "trained" and world > 1 and r.trainer.sync_batchnorm:
+        bn = "sync"
+    card: dict[str, Any] = {
+        "ablation": ablation.name, "variant": variant_name, "seed": seed, "preset": run.preset,
+        "task": task.name, "dataset": dataset_key(ablation, run), "data_source": data_source(ablation, run),
+        "model": cell.model, "model_kwargs": {k: v for k, v in cell.model_kwargs.items()
+                                              if k not in ("width", "pretrained")},
+        "width": r.width, "pretrained": r.pretrained,
+        "train_split": train_split, "val_split": val_split,
+        "crop_size": r.data.crop_size or r.data.image_size, "image_size": r.data.image_size,
+        "num_train": r.data.num_train, "num_val": r.data.num_val,
+        "batch_size_per_device": cell.batch_per_device, "world_size": world, "accumulate": acc,
+        "global_batch": cell.global_batch, "val_batch_size": r.data.val_batch_size,
+        "max_steps": r.trainer.max_steps, "images_seen": r.trainer.max_steps * cell.global_batch,
+        **{k: getattr(r.optim, k) for k in ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule",
+                                             "poly_power", "lr_steps", "lr_gamma", "warmup_steps",
+                                             "head_lr_mult", "bias_lr_mult")},
+        "bn": bn, "aux_weight": r.optim.aux_weight, "border_weight": r.optim.border_weight,
+        "augment": {"name": r.data.augment, "scale_range": r.data.scale_range,
+                    **AUGMENT_DETAILS[r.data.augment]},
+        "precision": r.trainer.precision, "channels_last": r.trainer.channels_last,
+        "deterministic": r.trainer.deterministic,
+        "eval": dataclasses.asdict(r.eval),
+        "val_every": r.trainer.val_every, "checkpoint_every": r.trainer.checkpoint_every,
+        "log_every": r.trainer.log_every, "num_workers": r.data.num_workers,
+        "smoke_rules": list(cell.smoke_rules), "notes": list(r.notes),
+    }
+    return as_json(card)
+
+
+def as_json(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def paper_card(ablation: Ablation, variant_name: str, seed: int, run: Run) -> dict[str, Any]:
+    """The card of the same cell under the paper's recipe alone (paper preset, paper's data)."""
+    data = ablation.paper_data if ablation.paper_data in get_task(ablation.task).datasets else run.data
+    paper_run = Run(data=data, data_root=run.data_root, preset="paper", devices=run.devices,
+                    num_nodes=run.num_nodes)
+    try:
+        cell = resolve(ablation, variant_name, paper_run)
+    except RecipeError:  # the paper's batch does not split over this world size: compare at 1
+        paper_run = dataclasses.replace(paper_run, devices=1, num_nodes=1)
+        cell = resolve(ablation, variant_name, paper_run)
+    return _base_card(ablation, variant_name, seed, paper_run, cell)
+
+
+_COMPARED_EXCLUDE = ("ablation", "variant", "seed", "preset", "dataset", "data_source", "world_size",
+                     "batch_size_per_device", "images_seen", *RUNTIME_FIELDS, "val_every", "deterministic")
+
+
+def deviations(ablation: Ablation, variant_name: str, seed: int, run: Run, card: Mapping[str, Any]) -> list[str]:
+    """``field: ours (paper: theirs)`` for every card value that differs from the paper recipe."""
+    if run.preset == "paper" and not run.changes and run.batch_size is None and run.data == ablation.paper_data:
+        return []
+    paper = paper_card(ablation, variant_name, seed, run)
+    out = []
+    if run.data != ablation.paper_data:
+        out.append(f"data: {card['dataset']} (paper: {ablation.paper_data})")
+    for key, line in flatten_diff(paper, card, exclude=_COMPARED_EXCLUDE):
+        out.append(line)
+    return out
+
+
+def flatten_diff(old: Mapping[str, Any], new: Mapping[str, Any], exclude: Sequence[str] = (),
+                 prefix: str = "") -> list[tuple[str, str]]:
+    """``(key, "key: new (paper: old)")`` for every differing leaf, nested dicts by dotted key."""
+    out = []
+    for key in list(dict.fromkeys([*old, *new])):
+        if key in exclude:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += flatten_diff(a, b, (), f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", f"{prefix}{key}: {fmt(b)} (paper: {fmt(a)})"))
+    return out
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return "(" + ", ".join(map(str, value)) + ")"
+    return str(value)

@@ -1,0 +1,215 @@
+"""Typed recipes, the one precedence, recipe cards (--dry-run) and the argument checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.card import Run, resolve
+from experiments.recipe import Data, Optim, Recipe, RecipeError, override
+from experiments.runner import main
+from experiments.spec import Ablation, Variant
+
+SCRIPTS = sorted(Path(__file__).resolve().parents[1].glob("experiments/*_ablation.py"))
+CARD_FIELDS = (
+    "ablation variant seed preset dataset model model_kwargs train_split val_split crop_size "
+    "batch_size_per_device world_size accumulate global_batch max_steps optimizer lr momentum "
+    "weight_decay lr_schedule poly_power warmup_steps head_lr_mult bias_lr_mult head_layers bn "
+    "aux_weight augment pretrained precision eval"
+).split()
+EVAL_FIELDS = ("mode", "pad_to", "scales", "flip", "window", "stride")
+
+
+def load(script: Path) -> Ablation:
+    spec = importlib.util.spec_from_file_location(script.stem, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ABLATION
+
+
+TINY = Ablation(
+    name="tiny", title="tiny", synthetic_task="multiscale", paper_data="voc",
+    variants={"one rate": Variant("deeplab_v2", {"backbone": "vgg16", "atrous_rates": (2,)}),
+              "r50": Variant("deeplab_v2", {"backbone": "resnet50"}, recipe={"optim": {"lr": 0.5}})},
+    paper=Recipe(data=Data(crop_size=321, global_batch=10), optim=Optim(lr=1e-3, head_lr_mult=10.0),
+                 model={"atrous_rates": (6, 12)}),
+    smoke={"optim": {"lr": 0.25}, "model": {"atrous_rates": (3,)}},
+)
+
+
+def cards(capsys, ablation: Ablation, *argv: str) -> list[dict]:
+    main(ablation, ["--dry-run", *argv])
+    lines = capsys.readouterr().out.splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+# --------------------------------------------------------------------------- precedence
+def test_variant_beats_preset_and_ablation_and_command_line_beats_all(capsys):
+    by = {c["variant"]: c for c in cards(capsys, TINY, "--seeds", "0")}
+    # ablation smoke recipe (3,) < variant (2,); the smoke lr 0.25 < the variant's 0.5
+    assert by["one rate"]["model_kwargs"]["atrous_rates"] == [2] and by["one rate"]["lr"] == 0.25
+    assert by["r50"]["model_kwargs"]["atrous_rates"] == [3] and by["r50"]["lr"] == 0.5
+    # the smoke preset's VGG16-BN rule applies to the VGG model only
+    assert by["one rate"]["model_kwargs"]["batch_norm"] is True
+    assert "batch_norm" not in by["r50"]["model_kwargs"] and not by["r50"]["smoke_rules"]
+    by = {c["variant"]: c for c in cards(capsys, TINY, "--seeds", "0", "--set", "model.atrous_rates=[7]",
+                                         "--set", "optim.lr=0.125", "--set", "model.batch_norm=false")}
+    assert all(c["model_kwargs"]["atrous_rates"] == [7] and c["lr"] == 0.125 for c in by.values())
+    assert by["one rate"]["model_kwargs"]["batch_norm"] is False
+
+
+def test_paper_preset_uses_the_paper_recipe_and_the_variant(capsys):
+    by = {c["variant"]: c for c in cards(capsys, TINY, "--data", "voc", "--data-root", "/nonexistent")}
+    assert by["one rate"]["lr"] == 1e-3 and by["one rate"]["model_kwargs"]["atrous_rates"] == [2]
+    assert by["one rate"]["deviations"] == [] and by["one rate"]["pretrained"] is True
+    assert by["r50"]["lr"] == 0.5 and by["r50"]["model_kwargs"]["atrous_rates"] == [6, 12]
+    assert "batch_norm" not in by["one rate"]["model_kwargs"]  # smoke rules are smoke-only
+    assert by["one rate"]["head_layers"] == ["branches"] and by["one rate"]["global_batch"] == 10
+
+
+def test_smoke_changes_are_listed_against_the_paper(capsys):
+    (card,) = cards(capsys, TINY, "--variant", "one rate", "--seed", "0")
+    dev = "\n".join(card["deviations"])
+    assert "width: 0.125 (paper: 1.0)" in dev and "optimizer: adamw (paper: sgd)" in dev
+    assert "lr: 0.25 (paper: 0.001)" in dev and "model_kwargs.batch_norm: True" in dev
+
+
+@pytest.mark.parametrize("item,message", [
+    ("optim.lrr=1", "unknown key 'lrr' in recipe section 'optim' (did you mean 'lr'?)"),
+    ("optimiser.lr=1", "unknown key 'optimiser' in the recipe (did you mean 'optim'?)"),
+    ("model.atrous_rate=[1]", "unknown key 'atrous_rate' in the model arguments of 'deeplab_v2' (did you mean 'atrous_rates'?)"),
+    ("optim.lr=abc", "optim.lr: expected a number, got 'abc'"),
+    ("optim.bn=sync", "optim.bn: expected one of ('trained', 'frozen')"),
+    ("data.scale_range=[2,1]", "data.scale_range: expected (low, high)"),
+    ("model.width=0.5", "model.width: set 'width' at the recipe's top level"),
+    ("lr=1", "expected SECTION.KEY=VALUE"),
+])
+def test_unknown_or_wrong_values_are_errors_naming_them(capsys, tmp_path, item, message):
+    with pytest.raises(SystemExit):
+        main(TINY, ["--out", str(tmp_path / "out"), "--set", item])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_override_checks_types_and_turns_lists_into_tuples():
+    r = override(Recipe(), {"data": {"scale_range": [0.5, 2]}, "eval": {"crf": {"bi_w": 5}}})
+    assert r.data.scale_range == (0.5, 2.0) and r.eval.crf["bi_w"] == 5 and r.eval.crf["iterations"] == 10
+    with pytest.raises(RecipeError, match="eval.crf.*did you mean 'bi_w'"):
+        override(Recipe(), {"eval": {"crf": {"bi_ww": 5}}})
+    with pytest.raises(RecipeError, match="trainer.max_steps: expected a positive value"):
+        override(Recipe(), {"trainer": {"max_steps": 0}})
+
+
+# --------------------------------------------------------------------------- global batch
+@pytest.mark.parametrize("devices,per_device", [(1, 10), (2, 5), (5, 2)])
+def test_global_batch_is_the_papers_under_ddp(devices, per_device):
+    cell = resolve(TINY, "one rate", Run(data="voc", data_root="/x", preset="paper", devices=devices))
+    assert cell.global_batch == 10 and cell.batch_per_device == per_device
+
+
+def test_indivisible_global_batch_names_the_nearest_settings():
+    with pytest.raises(RecipeError, match=r"global batch 10 .* 4 processes.*Nearest valid: 5 processes x 2"):
+        resolve(TINY, "one rate", Run(data="voc", data_root="/x", preset="paper", devices=4))
+    cell = resolve(TINY, "one rate", Run(data="voc", data_root="/x", preset="paper", devices=4, batch_size=3))
+    assert cell.global_batch == 12 and cell.batch_per_device == 3
+
+
+def test_explicit_batch_size_is_a_recorded_deviation(capsys):
+    (card,) = cards(capsys, TINY, "--data", "voc", "--data-root", "/x", "--variant", "one rate", "--seed", "0",
+                    "--devices", "2", "--batch-size", "4")
+    assert card["global_batch"] == 8 and card["batch_size_per_device"] == 4 and card["world_size"] == 2
+    assert "global_batch: 8 (paper: 10)" in card["deviations"]
+    assert card["bn"] == "sync"
+
+
+# --------------------------------------------------------------------------- every script
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+def test_dry_run_of_every_script_and_preset(script, tmp_path, capsys):
+    ablation = load(script)
+    choices = [(None, None)] + [(n, c) for n, o in ablation.options.items() for c in o.choices]
+    for option, choice in choices:
+        extra = [f"--{option}", choice] if option else []
+        chosen = ablation.with_option(option, choice) if option else ablation
+        paper_data = ablation.paper_data if ablation.paper_data in ("voc", "ade20k") else "voc"
+        for preset_args in ([], ["--data", paper_data, "--data-root", str(tmp_path / "missing")]):
+            out = tmp_path / "out"
+            found = cards(capsys, ablation, "--out", str(out), *extra, *preset_args)
+            assert not out.exists(), "a dry run writes nothing"
+            seeds = 2 if not preset_args else 3
+            assert [c["variant"] for c in found] == [v for v in chosen.variants for _ in range(seeds)]
+            for card in found:
+                missing = [f for f in CARD_FIELDS if f not in card]
+                assert not missing, missing
+                assert all(k in card["eval"] for k in EVAL_FIELDS)
+                assert card["params"] > 0 and card["global_batch"] == card["batch_size_per_device"] * card[
+                    "world_size"] * card["accumulate"]
+                if preset_args:  # the paper preset: the script's recipe, exactly
+                    v = chosen.variants[card["variant"]]
+                    r = override(ablation.paper, {"model": v.kwargs, **v.recipe})
+                    assert card["preset"] == "paper" and card["global_batch"] == r.data.global_batch
+                    for key in ("lr", "momentum", "weight_decay", "lr_schedule", "poly_power",
+                                "head_lr_mult", "bias_lr_mult", "aux_weight", "optimizer"):
+                        assert card[key] == getattr(r.optim, key), key
+                    assert card["max_steps"] == r.trainer.max_steps and card["crop_size"] == r.data.crop_size
+                    assert card["augment"]["name"] == r.data.augment and card["pretrained"] == r.pretrained
+                    assert card["eval"]["mode"] == r.eval.mode and card["eval"]["pad_to"] == r.eval.pad_to
+                    assert card["notes"] == list(r.notes)
+                    assert card["model_kwargs"] == json.loads(json.dumps(dict(r.model)))
+
+
+def test_deeplabv3_smoke_says_it_swaps_the_backbone(capsys):
+    ablation = load(next(s for s in SCRIPTS if s.stem == "deeplabv3_ablation"))
+    found = cards(capsys, ablation, "--seeds", "0")
+    assert all(c["model_kwargs"]["backbone"] == "resnet50" for c in found)
+    assert all("model_kwargs.backbone: resnet50 (paper: resnet101)" in c["deviations"] for c in found)
+
+
+# --------------------------------------------------------------------------- bad flags
+@pytest.mark.parametrize("argv,message", [
+    (["--max-steps", "0"], "--max-steps: the value must be >= 1"),
+    (["--batch-size", "0"], "--batch-size: the value must be >= 1"),
+    (["--accumulate", "0"], "--accumulate: the value must be >= 1"),
+    (["--seeds", "0", "0"], "each seed once"),
+    (["--seeds", "-1"], "--seeds: the value must be >= 0"),
+    (["--width", "0"], "--width: the value must be > 0"),
+    (["--precision", "nonsense"], "--precision: invalid choice"),
+    (["--devices", "0"], "--devices: the value must be >= 1"),
+    (["--workers", "-1"], "--workers: the value must be >= 0"),
+    (["--data-root", "/data"], "--data-root applies to real data only"),
+    (["--variant", "r50", "--variants", "r50"], "not allowed with argument"),
+    (["--seed", "0", "--seeds", "1"], "not allowed with argument"),
+    (["--variant", "nope"], "unknown variant(s) ['nope']"),
+    (["--data", "voc"], "--data voc needs --data-root"),
+])
+def test_bad_flags_are_one_line_errors_and_write_nothing(capsys, tmp_path, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(TINY, ["--out", str(tmp_path / "out"), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_or_read_only_is_an_error(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        main(TINY, ["--out", str(tmp_path / "file")])
+    assert "exists and is not a folder" in capsys.readouterr().err
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    import os
+
+    if os.access(ro, os.W_OK):  # root ignores permissions: nothing to test
+        return
+    with pytest.raises(SystemExit):
+        main(TINY, ["--out", str(ro / "sub")])
+    assert "is not a writable folder" in capsys.readouterr().err
+
+
+def test_recipes_are_frozen_dataclasses():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Recipe().data.crop_size = 3  # type: ignore[misc]
