@@ -50,9 +50,9 @@ class Task:
 
             return build_instance_datamodule(kind, root, seed=seed, **data)
         if kind == "synthetic":
-            from datamodules.synthetic import build_synthetic_datamodule
+            from datamodules.synthetic import SyntheticDataModule
 
-            return build_synthetic_datamodule(synthetic_task, seed=seed, **data)
+            return SyntheticDataModule(task=synthetic_task, seed=seed, **data)
         if kind == "voc":
             from datamodules.voc import VOCDataModule
 
