@@ -4,22 +4,18 @@
   SBD-augmented ``train_aug`` split (computed from the list files).
 - :class:`ADE20KSegmentation` / :class:`ADE20KDataModule` — ADEChallengeData2016, 150 classes,
   label 0 ignored and the rest shifted down once.
-- Synthetic diagnostic tasks (``datamodules.synthetic``): ``thin`` (FCN skips), ``multiscale``
-  (ASPP), ``context`` (PSPNet pyramid pooling), exportable to the VOC/ADE20K layouts with
-  ``python -m datamodules.synthetic export``.
+- Synthetic diagnostic tasks (the ``datamodules.synthetic`` package, one
+  :class:`SyntheticDataModule` for all): ``thin`` (FCN skips), ``multiscale`` (ASPP),
+  ``context`` and ``context_tokens`` (PSPNet pyramid pooling), ``touching`` (U-Net border
+  weights), exportable to the VOC/ADE20K layouts with ``python -m datamodules.synthetic export``.
+- Instance segmentation (``datamodules.instance``): VOC ``SegmentationObject`` and the synthetic
+  instance task for Mask R-CNN (``datamodules.synthetic.instances``); not imported here.
 """
 
 from datamodules.ade20k import ADE20K_CLASSES, ADE20KDataModule, ADE20KSegmentation
 from datamodules.base import SegmentationDataModule, UnpaddedDistributedSampler
 from datamodules.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
-from datamodules.synthetic import (
-    SYNTHETIC_TASKS,
-    ContextDataModule,
-    MultiScaleDataModule,
-    ThinStructuresDataModule,
-    build_synthetic_datamodule,
-    export_synthetic,
-)
+from datamodules.synthetic import SYNTHETIC_TASKS, SyntheticDataModule, export_synthetic
 from datamodules.voc import VOC_CLASSES, VOC_PALETTE, VOCDataModule, VOCSegmentation
 
 __all__ = [
@@ -32,13 +28,10 @@ __all__ = [
     "VOC_PALETTE",
     "ADE20KDataModule",
     "ADE20KSegmentation",
-    "ContextDataModule",
-    "MultiScaleDataModule",
     "SegmentationDataModule",
-    "ThinStructuresDataModule",
+    "SyntheticDataModule",
     "UnpaddedDistributedSampler",
     "VOCDataModule",
     "VOCSegmentation",
-    "build_synthetic_datamodule",
     "export_synthetic",
 ]

@@ -24,7 +24,7 @@ without chroma subsampling, about 1 grey level off)::
     python -m datamodules.instance export --out data/synth_instances
 
 The synthetic task (``SyntheticInstances``, ``export_synthetic_instances``, the ``export``
-command's ``main``, ``instances_to_target``) lives in :mod:`datamodules.synthetic_instances`;
+command's ``main``, ``instances_to_target``) lives in :mod:`datamodules.synthetic.instances`;
 every name is re-exported here.
 """
 
@@ -49,7 +49,7 @@ from datamodules.io import (
     read_image,
     read_mask,
 )
-from datamodules.synthetic_instances import (
+from datamodules.synthetic.instances import (
     SyntheticInstances,
     export_synthetic_instances,
     instances_to_target,
@@ -58,7 +58,7 @@ from datamodules.synthetic_instances import (
 from datamodules.voc import VOC_CLASSES
 
 __all__ = [
-    # datamodules.synthetic_instances
+    # datamodules.synthetic.instances
     "SyntheticInstances", "export_synthetic_instances", "instances_to_target", "main",
     # the VOC reader and the datamodule (this module)
     "LAYOUT", "VOCInstanceSegmentation", "detection_collate", "InstanceTransform",

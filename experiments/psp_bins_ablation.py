@@ -4,8 +4,9 @@ Zhao et al., CVPR 2017, Table 1 (ResNet-50, ADE20K val, single scale).
 The smoke preset uses the synthetic ``context_tokens`` task: identical-looking objects (and the
 background) whose class is given by the scene, and the scene is the majority of small marks
 scattered over the whole image, so only context from the whole image decides any pixel
-(``datamodules/synthetic.py``). ``--synthetic-task context`` runs the variant of the task whose
-scene is visible only in a border frame (see the README for why that one cannot separate them).
+(``datamodules/synthetic/context.py``). ``--synthetic-task context`` runs the variant of the
+task whose scene is visible only in a border frame (see the README for why that one cannot
+separate them).
 
     # CPU smoke (default; synthetic data, 2 seeds)
     python experiments/psp_bins_ablation.py

@@ -12,7 +12,8 @@ model, Sec. 3.1 / Table 3; Table 2c used ResNet-50-C4) and the real data is VOC 
 ``SegmentationObject`` (1,464 train images), not COCO, so the paper column is a reference for
 the direction and size of the gap, never a target (no Δ is shown). The smoke preset trains a
 width-1/8 network from scratch on ``SyntheticInstances`` (thin stars, rings and arcs 12-40 px
-across, ``datamodules/synthetic_instances.py``), where a 2 px error costs a mask far more than a box.
+across, ``datamodules/synthetic/instances.py``), where a 2 px error costs a mask far more than a
+box.
 
     # CPU smoke (default; synthetic data, 2 seeds; one thread per process is fastest on
     # shared cores: OMP_NUM_THREADS=1)

@@ -96,7 +96,7 @@ def test_ddp_run_reports_the_metrics_of_one_process_on_the_same_weights(tmp_path
     """Two DDP processes (SyncBN on) train a cell and evaluate 5 validation images (3 + 2 per
     rank); one process evaluating the same final weights gets identical metrics, so every image
     counted exactly once."""
-    from datamodules.synthetic import build_synthetic_datamodule
+    from datamodules.synthetic import SyntheticDataModule
     from lightning_modules import RECIPES
     from models import build_model
 
@@ -112,7 +112,7 @@ def test_ddp_run_reports_the_metrics_of_one_process_on_the_same_weights(tmp_path
     assert ddp["sync_batchnorm_layers"] == 13 and res["trainer"]["sync_batchnorm"] is True
     assert res["data"]["num_val"] == 5 and res["data"]["val_batch_size"] == 1
 
-    dm = build_synthetic_datamodule("thin", seed=0, **res["data"])
+    dm = SyntheticDataModule(task="thin", seed=0, **res["data"])
     module = RECIPES[res["model"]](build_model(res["model"], dm.num_classes, **res["model_kwargs"]),
                                    dm.num_classes, **res["module"])
     ckpt = torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -12,7 +12,7 @@ import torch
 from matplotlib.image import imread
 
 from datamodules.ade20k import ADE20K_PALETTE
-from datamodules.synthetic import SYNTHETIC_DATAMODULES
+from datamodules.synthetic import SYNTHETIC_TASKS
 from datamodules.voc import VOC_PALETTE
 from experiments.figures import (
     VOID_COLOR,
@@ -35,7 +35,7 @@ from lightning_modules.metrics import metrics_from_confusion
 from tests.notebooks import tiny_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PALETTES = {**{f"synthetic_{k}": v.palette for k, v in SYNTHETIC_DATAMODULES.items()},
+PALETTES = {**{f"synthetic_{k}": v.palette for k, v in SYNTHETIC_TASKS.items()},
             "voc": VOC_PALETTE[:21], "ade20k": ADE20K_PALETTE}
 
 

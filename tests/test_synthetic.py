@@ -24,16 +24,13 @@ from scipy import ndimage
 from datamodules.constants import IGNORE_INDEX
 from datamodules.synthetic import (
     SYNTHETIC_TASKS,
-    ContextDataModule,
     ContextScenes,
-    MultiScaleDataModule,
     MultiScaleShapes,
+    SyntheticDataModule,
     ThinStructures,
-    ThinStructuresDataModule,
-    build_synthetic_datamodule,
     export_synthetic,
-    main,
 )
+from datamodules.synthetic.export import main
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = sorted(SYNTHETIC_TASKS)
@@ -92,12 +89,25 @@ def test_items_types_labels_and_void_band(task):
 
 
 def test_unknown_task_and_split_are_named_errors():
-    with pytest.raises(ValueError, match="thin"):
-        build_synthetic_datamodule("thinn")
+    with pytest.raises(ValueError, match="'nope'.*'context', 'context_tokens', 'multiscale', "
+                                         "'thin', 'touching'"):
+        SyntheticDataModule(task="nope")
     with pytest.raises(ValueError, match="split"):
         ThinStructures("training", 3)
     with pytest.raises(ValueError, match="image_size"):
         MultiScaleShapes("train", 3, image_size=64)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_datamodule_takes_classes_and_sizes_from_its_task(task):
+    cls = SYNTHETIC_TASKS[task]
+    dm = SyntheticDataModule(task=task, num_train=3, num_val=2, data_seed=4)
+    assert dm.num_classes == len(cls.class_names) == cls("val", 1).num_classes
+    assert dm.class_names == cls.class_names and dm.palette == cls.palette
+    assert dm.image_size == dm.crop_size == cls.default_image_size
+    dm.make_datasets("fit")
+    for ds, split, n in ((dm.train_set, "train", 3), (dm.val_set, "val", 2)):
+        assert type(ds) is cls and (ds.split, len(ds), ds.seed) == (split, n, 4)
 
 
 # --------------------------------------------------------------------------- thin
@@ -366,6 +376,7 @@ def test_cli_export_in_a_subprocess_matches_this_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+    assert "RuntimeWarning" not in res.stderr  # runpy: the package imports no module twice
     seg = out / "VOCdevkit" / "VOC2012" / "SegmentationClass"
     ds = MultiScaleShapes("train", 2, 96, seed=3)
     for i in range(2):
@@ -376,12 +387,13 @@ def test_cli_export_in_a_subprocess_matches_this_process(tmp_path):
 
 # --------------------------------------------------------------------------- datamodules
 def test_datamodule_defaults_keep_designed_scales():
-    dm = MultiScaleDataModule(num_train=8, num_val=2)
+    dm = SyntheticDataModule("multiscale", num_train=8, num_val=2)
     assert dm.image_size == 160 and dm.crop_size == 160 and dm.augment == "flip"
     assert dm.hparams["num_train"] == 8 and dm.num_classes == 4
     assert dm.class_names == MultiScaleShapes.class_names
-    dm = build_synthetic_datamodule("thin", num_train=8, num_val=2, image_size=96, batch_size=4)
-    assert isinstance(dm, ThinStructuresDataModule) and dm.crop_size == 96
+    assert dm.hparams["task"] == "multiscale"
+    dm = SyntheticDataModule(task="thin", num_train=8, num_val=2, image_size=96, batch_size=4)
+    assert dm.crop_size == 96
     dm.setup("fit")
     img, mask = next(iter(dm.train_dataloader()))
     assert img.shape == (4, 3, 96, 96) and img.dtype == torch.float32
@@ -414,10 +426,10 @@ class _OneByOneConv(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-@pytest.mark.parametrize("dm_class", [ThinStructuresDataModule, MultiScaleDataModule,
-                                      ContextDataModule])
-def test_fast_dev_run(dm_class):
-    dm = dm_class(num_train=4, num_val=2, image_size=96, batch_size=2, val_batch_size=2)
+@pytest.mark.parametrize("task", ["thin", "multiscale", "context"])
+def test_fast_dev_run(task):
+    dm = SyntheticDataModule(task, num_train=4, num_val=2, image_size=96, batch_size=2,
+                             val_batch_size=2)
     model = _OneByOneConv(dm.num_classes)
     trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
@@ -427,10 +439,9 @@ def test_fast_dev_run(dm_class):
 
 
 def test_run_seed_changes_order_not_data_and_data_seed_changes_data():
-    from datamodules.synthetic import ThinStructuresDataModule
-
     def first_batch(**kw):
-        dm = ThinStructuresDataModule(num_train=16, num_val=2, image_size=64, batch_size=4, **kw)
+        dm = SyntheticDataModule("thin", num_train=16, num_val=2, image_size=64, batch_size=4,
+                                 **kw)
         dm.setup("fit")
         return dm, next(iter(dm.train_dataloader()))[1]
 
@@ -502,10 +513,8 @@ def test_touching_borders_barely_move_miou_but_carry_the_border_weight():
 
 
 def test_touching_datamodule():
-    from datamodules.synthetic import TouchingCellsDataModule
-
-    dm = build_synthetic_datamodule("touching", num_train=4, num_val=2, batch_size=2)
-    assert isinstance(dm, TouchingCellsDataModule) and dm.num_classes == 3
+    dm = SyntheticDataModule(task="touching", num_train=4, num_val=2, batch_size=2)
+    assert dm.num_classes == 3
     dm.setup("fit")
     img, mask = next(iter(dm.train_dataloader()))
     assert img.shape == (2, 3, 128, 128) and mask.shape == (2, 128, 128)

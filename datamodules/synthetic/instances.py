@@ -1,11 +1,13 @@
 """The synthetic instance task built for Mask R-CNN's RoIAlign vs RoIPool comparison (He et
 al., ICCV 2017, Table 2c): :class:`SyntheticInstances`, its export to the VOC 2012 layout
-(:func:`export_synthetic_instances`, ``python -m datamodules.instance export --out DIR``) and
-:func:`instances_to_target`, which builds the target dict of an item both here and in the VOC
-reader (kept here so that this module needs nothing from that one).
+(:func:`export_synthetic_instances`, ``python -m datamodules.instance export --out DIR``, or
+``python -m datamodules.synthetic.instances export --out DIR``) and :func:`instances_to_target`,
+which builds the target dict of an item both here and in the VOC reader (kept here so that this
+module needs nothing from that one).
 
 The item format, the VOC ``SegmentationObject`` reader and the datamodule are in
-:mod:`datamodules.instance`, which re-exports every name defined here.
+:mod:`datamodules.instance`, which re-exports every name defined here. Not imported by
+``datamodules.synthetic``'s ``__init__``, so that ``python -m`` runs this module only once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.synthetic import _finish, _grey_background, _hsv, _smooth_noise
+from datamodules.synthetic._draw import _finish, _grey_background, _hsv, _smooth_noise
 from datamodules.voc import VOC_PALETTE
 
 
