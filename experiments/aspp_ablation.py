@@ -7,16 +7,18 @@ ASPP-S = (2, 4, 8, 12) or ASPP-L = (6, 12, 18, 24). The smoke preset uses the sy
 
     # CPU smoke (default; synthetic data, 2 seeds)
     python experiments/aspp_ablation.py
+    # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
+    python experiments/aspp_ablation.py --data voc --data-root /data --dry-run
     # one GPU, real data (VOC 2012 + SBD train_aug), the paper's recipe
     python experiments/aspp_ablation.py --data voc --data-root /data --precision bf16-mixed
     # ResNet-101 rows of Table 4
     python experiments/aspp_ablation.py --data voc --data-root /data --backbone resnet101
-    # 4 GPUs (DDP, SyncBN), or one (variant, seed) cell as a SLURM array task, then the table
-    python experiments/aspp_ablation.py --data voc --data-root /data --devices 4
+    # 2 GPUs x 5 images (DDP, SyncBN; the paper's batch 10), or one (variant, seed) cell as a SLURM array task, then the table
+    python experiments/aspp_ablation.py --data voc --data-root /data --devices 2
     python experiments/aspp_ablation.py --data voc --data-root /data --variant ASPP-L --seed 0
     python experiments/aspp_ablation.py collect --data voc --data-root /data
     # SLURM: a job array over the unfinished (variant, seed) cells, then a collect job
-    GPUS_PER_NODE=4 experiments/slurm/submit.sh experiments/aspp_ablation.py --data voc --data-root /data
+    GPUS_PER_NODE=2 experiments/slurm/submit.sh experiments/aspp_ablation.py --data voc --data-root /data
 """
 
 import sys

@@ -10,14 +10,16 @@ recorded in every cell's config.json and metrics.json. The smoke preset uses the
 
     # CPU smoke (default; synthetic data, 2 seeds)
     python experiments/crf_ablation.py
+    # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
+    python experiments/crf_ablation.py --data voc --data-root /data --dry-run
     # one GPU, real data (VOC 2012 + SBD train_aug), the paper's recipe; CRF on the CPU
     python experiments/crf_ablation.py --data voc --data-root /data --precision bf16-mixed --workers 8
-    # 4 GPUs, one (variant, seed) cell, the table
-    python experiments/crf_ablation.py --data voc --data-root /data --devices 4
+    # 2 GPUs x 5 images (the paper's batch 10), one (variant, seed) cell, the table
+    python experiments/crf_ablation.py --data voc --data-root /data --devices 2
     python experiments/crf_ablation.py --data voc --data-root /data --variant ASPP-L --seed 0
     python experiments/crf_ablation.py collect --data voc --data-root /data
     # SLURM: a job array over the unfinished (variant, seed) cells, then a collect job
-    GPUS_PER_NODE=4 experiments/slurm/submit.sh experiments/crf_ablation.py --data voc --data-root /data
+    GPUS_PER_NODE=2 experiments/slurm/submit.sh experiments/crf_ablation.py --data voc --data-root /data
 """
 
 import sys

@@ -9,6 +9,8 @@ width-scaled ResNet-50 (ResNet-101 is twice as slow on a CPU; the paper's Table 
 
     # CPU smoke (default; synthetic data, 2 seeds)
     python experiments/deeplabv3_ablation.py
+    # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
+    python experiments/deeplabv3_ablation.py --data voc --data-root /data --dry-run
     # one GPU, real data (VOC 2012 + SBD train_aug), the paper's recipe (crop 513, batch 16, 30K)
     python experiments/deeplabv3_ablation.py --data voc --data-root /data --precision bf16-mixed
     # 4 GPUs (DDP + SyncBN: the paper's batch 16), one (variant, seed) cell, the table

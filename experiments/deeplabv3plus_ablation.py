@@ -11,9 +11,11 @@ alone cannot place boundaries and the stride-4 decoder should help (see the trim
 
     # CPU smoke (default; synthetic data, 2 seeds)
     python experiments/deeplabv3plus_ablation.py
+    # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
+    python experiments/deeplabv3plus_ablation.py --data voc --data-root /data --dry-run
     # one GPU, real data (VOC 2012 + SBD train_aug), the paper's recipe
     python experiments/deeplabv3plus_ablation.py --data voc --data-root /data --precision bf16-mixed
-    # 4 GPUs (DDP + SyncBN), one (variant, seed) cell, the table
+    # 4 GPUs x 4 images (DDP + SyncBN: the paper's batch 16), one (variant, seed) cell, the table
     python experiments/deeplabv3plus_ablation.py --data voc --data-root /data --devices 4
     python experiments/deeplabv3plus_ablation.py --data voc --data-root /data --variant "R101 decoder" --seed 0
     python experiments/deeplabv3plus_ablation.py collect --data voc --data-root /data

@@ -5,9 +5,11 @@ on 1–3 px structures that only fine predictions can outline.
 
     # CPU smoke (default; synthetic data, 2 seeds)
     python experiments/fcn_skip_ablation.py
+    # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
+    python experiments/fcn_skip_ablation.py --data voc --data-root /data --dry-run
     # one GPU, real data (SBD-augmented VOC; the paper evaluates on seg11valid, see README)
     python experiments/fcn_skip_ablation.py --data voc --data-root /data --precision bf16-mixed
-    # 4 GPUs (DDP), one cell (SLURM array task), then the table
+    # 4 GPUs x 5 images (DDP; the paper's batch 20), one cell (SLURM array task), then the table
     python experiments/fcn_skip_ablation.py --data voc --data-root /data --devices 4
     python experiments/fcn_skip_ablation.py --data voc --data-root /data --variant FCN-8s --seed 1
     python experiments/fcn_skip_ablation.py collect --data voc --data-root /data

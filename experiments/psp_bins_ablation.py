@@ -10,6 +10,8 @@ separate them).
 
     # CPU smoke (default; synthetic data, 2 seeds)
     python experiments/psp_bins_ablation.py
+    # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
+    python experiments/psp_bins_ablation.py --data ade20k --data-root /data --dry-run
     # one GPU, real data (ADE20K), the paper's recipe
     python experiments/psp_bins_ablation.py --data ade20k --data-root /data --precision bf16-mixed
     # 4 GPUs (DDP + SyncBN: the paper's batch 16), one cell (SLURM array task), the table

@@ -18,14 +18,16 @@ box.
     # CPU smoke (default; synthetic data, 2 seeds; one thread per process is fastest on
     # shared cores: OMP_NUM_THREADS=1)
     python experiments/roi_align_ablation.py
+    # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
+    python experiments/roi_align_ablation.py --data voc --data-root /data --dry-run
     # one GPU, real data (VOC 2012 SegmentationObject), the paper's recipe, ImageNet backbone
-    python experiments/roi_align_ablation.py --data voc --data-root /data --batch-size 2 --accumulate 8
+    python experiments/roi_align_ablation.py --data voc --data-root /data --accumulate 8
     # 8 GPUs × 2 images (the paper's batch 16), or one (variant, seed) cell, then the table
-    python experiments/roi_align_ablation.py --data voc --data-root /data --devices 8 --batch-size 2
+    python experiments/roi_align_ablation.py --data voc --data-root /data --devices 8
     python experiments/roi_align_ablation.py --data voc --data-root /data --variant RoIPool --seed 0
     python experiments/roi_align_ablation.py collect --data voc --data-root /data
     # SLURM: a job array over the unfinished (variant, seed) cells, then a collect job
-    GPUS_PER_NODE=8 experiments/slurm/submit.sh experiments/roi_align_ablation.py --data voc --data-root /data --batch-size 2
+    GPUS_PER_NODE=8 experiments/slurm/submit.sh experiments/roi_align_ablation.py --data voc --data-root /data
 """
 
 import sys

@@ -14,14 +14,15 @@ boundaries: 1 px in the smoke preset, where a 5-px band would cover most of a 6â
 
     # CPU smoke (default; synthetic data, 2 seeds)
     python experiments/unet_ablation.py
+    # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
+    python experiments/unet_ablation.py --data voc --data-root /data --dry-run
     # one GPU, real data (SBD-augmented VOC; the paper's cell data is not supported)
     python experiments/unet_ablation.py --data voc --data-root /data --precision bf16-mixed
-    # 4 GPUs (DDP), one cell (SLURM array task), then the table
-    python experiments/unet_ablation.py --data voc --data-root /data --devices 4
+    # one cell (SLURM array task; one tile per batch, as the paper: one GPU per cell), the table
     python experiments/unet_ablation.py --data voc --data-root /data --variant "valid + weights" --seed 1
     python experiments/unet_ablation.py collect --data voc --data-root /data
     # SLURM: a job array over the unfinished (variant, seed) cells, then a collect job
-    GPUS_PER_NODE=4 experiments/slurm/submit.sh experiments/unet_ablation.py --data voc --data-root /data
+    GPUS_PER_NODE=1 experiments/slurm/submit.sh experiments/unet_ablation.py --data voc --data-root /data
 """
 
 import sys

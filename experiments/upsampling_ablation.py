@@ -14,9 +14,11 @@ the upsampling path draws them) and VGG16-BN (plain VGG16 does not train from sc
 
     # CPU smoke (default; synthetic data, 2 seeds)
     python experiments/upsampling_ablation.py
+    # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
+    python experiments/upsampling_ablation.py --data voc --data-root /data --dry-run
     # one GPU, real data (SBD-augmented VOC)
     python experiments/upsampling_ablation.py --data voc --data-root /data --precision bf16-mixed
-    # 4 GPUs (DDP), one cell (SLURM array task), then the table
+    # 4 GPUs x 5 images (DDP; the paper's batch 20), one cell (SLURM array task), then the table
     python experiments/upsampling_ablation.py --data voc --data-root /data --devices 4
     python experiments/upsampling_ablation.py --data voc --data-root /data --variant "U-Net transposed" --seed 1
     python experiments/upsampling_ablation.py collect --data voc --data-root /data
