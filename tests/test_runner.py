@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments.recipe import Data, Optim, Recipe, Trainer
 from experiments.runner import main
 from experiments.spec import Ablation, Variant, load_paper_numbers
 
@@ -18,9 +19,10 @@ TINY = Ablation(
         "8s": Variant("fcn8s", {}, "fcn.table2.fcn8s"),
     },
     paper_data="voc",
-    smoke_recipe={"width": 0.0625, "data": {"num_train": 8, "num_val": 5, "image_size": 64, "batch_size": 4,
-                                            "val_batch_size": 4},
-                  "trainer": {"max_steps": 3, "val_every": 3, "checkpoint_every": 2}},
+    paper=Recipe(),
+    smoke={"width": 0.0625, "data": {"num_train": 8, "num_val": 5, "image_size": 64, "global_batch": 4,
+                                     "val_batch_size": 4},
+           "trainer": {"max_steps": 3, "val_every": 3, "checkpoint_every": 2}},
 )
 
 
@@ -82,11 +84,13 @@ def test_changed_settings_refuse_to_mix_with_old_results(tmp_path):
         run(tmp_path, "--variant", "32s", "--seed", "0", "--max-steps", "2")
 
 
-def test_unknown_variant_and_missing_data_root_are_clear_errors(tmp_path):
-    with pytest.raises(SystemExit, match="unknown variant"):
+def test_unknown_variant_and_missing_data_root_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
         run(tmp_path, "--variant", "16s")
+    assert "unknown variant(s) ['16s']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run(tmp_path, "--data", "voc")
+    assert "needs --data-root" in capsys.readouterr().err
 
 
 def test_every_paper_key_of_the_scripts_exists():
@@ -101,7 +105,7 @@ def test_every_paper_key_of_the_scripts_exists():
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         ablation = module.ABLATION
-        sets = [ablation.variants] + [make(c) for choices, _, make in ablation.options.values() for c in choices]
+        sets = [ablation.variants] + [o.variants(c) for o in ablation.options.values() for c in o.choices]
         for variants in sets:
             for name, v in variants.items():
                 if v.paper is None:  # a variant no paper table reports (e.g. v3+ Xception SC without COCO)
@@ -131,8 +135,8 @@ def test_wandb_offline_without_key_and_disabled(tmp_path, monkeypatch, capsys):
 def test_image_size_flag_goes_to_its_own_folder_and_config(tmp_path):
     run(tmp_path, "--variant", "32s", "--seed", "0", "--image-size", "72")
     d = tmp_path / "tiny" / "synthetic_thin72px-smoke" / "32s" / "seed0"
-    config = json.loads((d / "config.json").read_text())
-    assert config["resolved"]["data"]["image_size"] == 72 and config["resolved"]["eval_size"] == [72, 72]
+    card = json.loads((d / "config.json").read_text())["card"]
+    assert card["image_size"] == 72 and json.loads((d / "metrics.json").read_text())["eval_size"] == [72, 72]
     assert not (tmp_path / "tiny" / "synthetic_thin-smoke").exists()
     with pytest.raises(SystemExit):
         run(tmp_path, "--data", "voc", "--data-root", str(tmp_path), "--image-size", "72")
@@ -149,14 +153,22 @@ def test_paper_preset_runs_on_real_layout_data(tmp_path):
         name="tiny_psp", title="tiny PSPNet", synthetic_task="context",
         variants={"base": Variant("pspnet", {"backbone": "resnet50", "bins": ()}, "pspnet.table1.baseline")},
         paper_data="ade20k",
-        paper_recipe={"data": {"crop_size": 96, "batch_size": 2, "augment": "pspnet"},
-                      "trainer": {"max_steps": 2, "val_every": 2}, "eval_size": 96, "paper_batch": 2},
+        paper=Recipe(data=Data(crop_size=96, global_batch=2, augment="pspnet"), optim=Optim(aux_weight=0.4),
+                     trainer=Trainer(max_steps=2, val_every=2)),
     )
     rows = main(psp, ["--data", "ade20k", "--data-root", str(root), "--width", "0.0625", "--pretrained", "false",
                       "--workers", "0", "--seeds", "0", "--out", str(tmp_path / "out"), "--quiet"])
     assert rows[0]["n"] == 1 and rows[0]["delta"] is not None  # paper's dataset: a delta is shown
-    metrics = json.loads((tmp_path / "out" / "tiny_psp" / "ade20k-paper" / "base" / "seed0" / "metrics.json").read_text())
+    cell = tmp_path / "out" / "tiny_psp" / "ade20k-paper" / "base" / "seed0"
+    metrics = json.loads((cell / "metrics.json").read_text())
     assert metrics["preset"] == "paper" and metrics["steps"] == 2 and metrics["train_size"] == 4
+    # the data source is a setting like any other: another root is not the same cell
+    import shutil
+
+    other = shutil.copytree(root, tmp_path / "elsewhere")
+    with pytest.raises(RuntimeError, match="different settings.*data_source.root"):
+        main(psp, ["--data", "ade20k", "--data-root", str(other), "--width", "0.0625", "--pretrained", "false",
+                   "--workers", "0", "--seeds", "0", "--out", str(tmp_path / "out"), "--quiet"])
 
 
 @pytest.mark.parametrize("flags,mode", [(["--eval-mode", "sliding"], "sliding"), (["--eval-mode", "ms_flip"], "ms_flip"),
@@ -172,10 +184,10 @@ def test_evaluation_flags_run_and_are_recorded(tmp_path, flags, mode):
 
 
 def test_crf_params_are_named_checked_and_recorded(capsys):
-    from experiments.runner import parse_args, resolve
+    from experiments.runner import parse_args
 
-    args = parse_args(TINY, ["--crf", "--crf-param", "bi_xy_std=50", "--crf-param", "iterations=5"])
-    crf = resolve(TINY, args, "8s", TINY.variants)["module"]["crf"]
+    args, _, _ = parse_args(TINY, ["--crf", "--crf-param", "bi_xy_std=50", "--crf-param", "iterations=5"])
+    crf = args.cells["8s"].recipe.eval.crf
     assert crf["bi_xy_std"] == 50.0 and crf["iterations"] == 5 and isinstance(crf["iterations"], int)
     assert crf["pos_w"] == 3.0  # the others keep DeepLab's defaults
     for bad, message in ((["--crf", "--crf-param", "sigma=3"], "NAME one of"),
@@ -190,7 +202,7 @@ def test_synthetic_task_flag_runs_another_task_into_its_own_folder(tmp_path, cap
     rows = run(tmp_path, "--variant", "8s", "--seed", "0", "--synthetic-task", "multiscale", "--image-size", "96")
     assert {r["variant"]: r["n"] for r in rows} == {"32s": 0, "8s": 1}
     config = json.loads((tmp_path / "tiny" / "synthetic_multiscale96px-smoke" / "8s" / "seed0" / "config.json").read_text())
-    assert config["data_source"]["synthetic_task"] == "multiscale"
+    assert config["card"]["data_source"]["synthetic_task"] == "multiscale"
     with pytest.raises(SystemExit):
         run(tmp_path, "--synthetic-task", "nope")
     assert "must be one of" in capsys.readouterr().err

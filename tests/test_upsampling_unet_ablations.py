@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from datamodules.synthetic import SYNTHETIC_TASKS
-from experiments.runner import SMOKE, merge
+from experiments.card import Run, resolve
 from experiments.spec import paper_number
-from lightning_modules import RECIPES
+from experiments.tasks import get_task
 from lightning_modules.segmentation import segmentation_loss
 from models import build_model
 from models.unet import UNet
@@ -36,17 +36,14 @@ CELLS = [(a, name) for a in (UPSAMPLING, UNET_ABLATION) for name in a.variants]
 
 @pytest.mark.parametrize("ablation,name", CELLS, ids=[f"{a.name}-{n}" for a, n in CELLS])
 def test_variant_builds_and_takes_one_step(ablation, name):
-    recipe = merge(SMOKE, ablation.smoke_recipe)
+    cell = resolve(ablation, name, Run(changes={"width": 1 / 16}))  # the smoke recipe, as the runner resolves it
     variant = ablation.variants[name]
     data = SYNTHETIC_TASKS[ablation.synthetic_task]("train", 2, image_size=64)
     images = torch.stack([data[i][0] for i in range(2)]).float() / 255
     masks = torch.stack([data[i][1] for i in range(2)])
     torch.manual_seed(0)
-    # merged as the runner does
-    kwargs = {**variant.kwargs, **recipe["model"], "width": 1 / 16, "pretrained": False}
-    model = build_model(variant.model, data.num_classes, **kwargs)
-    settings = {**recipe["module"], **variant.module}
-    module = RECIPES[variant.model](model, data.num_classes, **settings)
+    model = build_model(variant.model, data.num_classes, **cell.model_kwargs)
+    module = get_task("semantic").build_module(model, data.num_classes, data.class_names, cell.recipe)
     optimizer = module.configure_optimizers()
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     out = module(images)["out"]  # the module's training loss, without a Trainer to log to
@@ -61,7 +58,7 @@ def test_variant_builds_and_takes_one_step(ablation, name):
     if variant.model == "unet":
         assert isinstance(model, UNet)
         weighted = module.pixel_weights(masks)
-        assert (weighted is not None) == bool(variant.module.get("border_weight"))
+        assert (weighted is not None) == cell.recipe.optim.border_weight
 
 
 def test_upsampling_variants_cover_three_modes_in_both_decoders():
@@ -70,16 +67,17 @@ def test_upsampling_variants_cover_three_modes_in_both_decoders():
     assert modes == {(m, u) for m in ("fcn8s", "unet") for u in ups}
     papers = {name: v.paper for name, v in UPSAMPLING.variants.items() if v.paper}
     assert papers == {"FCN-8s transposed": "fcn.table2.fcn8s"}
-    assert paper_number("fcn.table2.fcn8s").miou > 0
-    for recipe in (UPSAMPLING.smoke_recipe, UPSAMPLING.paper_recipe):
-        assert recipe["module"]["checkerboard_period"] == 16
+    assert paper_number("fcn.table2.fcn8s").value > 0
+    for preset in ("smoke", "paper"):
+        run = Run(preset=preset) if preset == "smoke" else Run(data="voc", data_root="/x", preset="paper")
+        assert resolve(UPSAMPLING, "U-Net bilinear", run).recipe.eval.checkerboard_period == 16
     assert UPSAMPLING.synthetic_task == "thin"
 
 
 def test_unet_variants_are_padding_times_border_weight_on_touching_cells():
     variants = UNET_ABLATION.variants.values()
-    grid = {(v.kwargs["padding"], v.module["border_weight"]) for v in variants}
+    grid = {(v.kwargs["padding"], v.recipe["optim"]["border_weight"]) for v in variants}
     assert grid == {(p, w) for p in ("valid", "same") for w in (False, True)}
     assert all(v.model == "unet" and v.paper is None for v in variants)
     assert UNET_ABLATION.synthetic_task == "touching"
-    assert UNET_ABLATION.paper_recipe["pretrained"] is False
+    assert UNET_ABLATION.paper.pretrained is False
