@@ -53,7 +53,7 @@ ABLATION = Ablation(
     # iterations as Detectron's configs. ImageNet backbone, frozen BN, stem + res2 fixed.
     paper_recipe={"data": {"batch_size": 2, "val_batch_size": 1},
                   "module": {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
-                             "poly_power": 0.0, "lr_steps": (6750,), "warmup_steps": 500},
+                             "lr_schedule": "step", "lr_steps": (6750,), "warmup_steps": 500},
                   "trainer": {"max_steps": 9000, "val_every": 3000}, "paper_batch": 16},
     # Whole 128 px images (no resizing), anchors 8-128 px for objects of 12-40 px, fewer
     # proposals; 300 steps (SMOKE). One cell (RoIAlign, seed 0, one thread) took 167 s in the

@@ -38,7 +38,7 @@ SMOKE: dict[str, Any] = {
     "pretrained": False,
     "data": {"batch_size": 8, "val_batch_size": 16, "num_workers": 0, "augment": "flip"},
     "module": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "head_lr_mult": 1.0,
-               "bias_lr_mult": 1.0, "poly_power": 0.9, "warmup_steps": 20},
+               "bias_lr_mult": 1.0, "lr_schedule": "poly", "poly_power": 0.9, "warmup_steps": 20},
     "trainer": {"max_steps": 300, "val_every": 300, "checkpoint_every": 100, "deterministic": True,
                 "precision": "32-true", "log_every": 10},
     "seeds": [0, 1],
@@ -173,8 +173,13 @@ def resolve(ablation: Ablation, args: argparse.Namespace, variant_name: str, var
         module["eval_mode"] = args.eval_mode
     if module.get("eval_mode") == "sliding":
         # windows of the training crop; synthetic data train on whole images (image_size)
-        module.setdefault("eval_crop", data.get("crop_size") or data.get("image_size"))
-    if args.crf:
+        module.setdefault("eval_window", data.get("crop_size") or data.get("image_size"))
+    if module.get("eval_mode") == "ms_flip":  # DeepLab v3's scales 0.5-1.75 and flips
+        from lightning_modules.inference import DEFAULT_SCALES
+
+        module.setdefault("eval_scales", list(DEFAULT_SCALES))
+        module.setdefault("eval_flip", True)
+    if args.crf:  # recorded as data; experiments.tasks.module_arguments makes it a CRFEvaluator
         from dataclasses import asdict
 
         from lightning_modules.crf import CRFParams

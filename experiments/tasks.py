@@ -70,7 +70,23 @@ class Task:
             return InstanceSegmentationModule(model, num_classes, class_names=tuple(class_names), **module)
         from lightning_modules import RECIPES
 
-        return RECIPES[model_name](model, num_classes, class_names=tuple(class_names), **module)
+        return RECIPES[model_name](model, num_classes, class_names=tuple(class_names), **module_arguments(module))
+
+
+def module_arguments(module: dict[str, Any]) -> dict[str, Any]:
+    """A cell's recorded (JSON) module settings as ``SegmentationModule`` arguments: ``crf`` (the
+    dense-CRF parameters) and ``checkerboard_period`` become evaluators."""
+    from lightning_modules.checkerboard import CheckerboardEvaluator
+    from lightning_modules.crf import CRFEvaluator, CRFParams
+
+    kwargs = dict(module)
+    crf, period = kwargs.pop("crf", None), kwargs.pop("checkerboard_period", None)
+    evaluators = list(kwargs.pop("evaluators", ()))
+    if crf is not None:
+        evaluators.append(CRFEvaluator(CRFParams(**crf)))
+    if period is not None:
+        evaluators.append(CheckerboardEvaluator(period))
+    return {**kwargs, "evaluators": evaluators} if evaluators else kwargs
 
 
 TASKS: dict[str, Task] = {

@@ -15,6 +15,7 @@ import torch
 from datamodules.synthetic import SYNTHETIC_TASKS
 from experiments.runner import SMOKE, merge
 from experiments.spec import paper_number
+from experiments.tasks import module_arguments
 from lightning_modules import RECIPES
 from lightning_modules.segmentation import segmentation_loss
 from models import build_model
@@ -46,7 +47,7 @@ def test_variant_builds_and_takes_one_step(ablation, name):
     kwargs = {**variant.kwargs, **recipe["model"], "width": 1 / 16, "pretrained": False}
     model = build_model(variant.model, data.num_classes, **kwargs)
     settings = {**recipe["module"], **variant.module}
-    module = RECIPES[variant.model](model, data.num_classes, **settings)
+    module = RECIPES[variant.model](model, data.num_classes, **module_arguments(settings))
     optimizer = module.configure_optimizers()
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     out = module(images)["out"]  # the module's training loss, without a Trainer to log to
@@ -73,6 +74,8 @@ def test_upsampling_variants_cover_three_modes_in_both_decoders():
     assert paper_number("fcn.table2.fcn8s").miou > 0
     for recipe in (UPSAMPLING.smoke_recipe, UPSAMPLING.paper_recipe):
         assert recipe["module"]["checkerboard_period"] == 16
+        evaluators = module_arguments(recipe["module"])["evaluators"]
+        assert [type(e).__name__ for e in evaluators] == ["CheckerboardEvaluator"] and evaluators[0].period == 16
     assert UPSAMPLING.synthetic_task == "thin"
 
 
