@@ -83,7 +83,7 @@ def check_semantic(config: dict) -> None:
 
 def load_cell(run_dir: Path, checkpoint: str = "last.ckpt", device: str = "cpu"):
     """(module, config) of a finished cell: the cell's recipe :class:`SegmentationModule` in eval
-    mode, with the trained weights and the cell's hyperparameters (so ``predict_scores`` runs
+    mode, with the trained weights and the cell's hyperparameters (so ``predict_probs`` runs
     its evaluation protocol); the plain ``nn.Module`` is ``module.model``."""
     from lightning_modules import RECIPES
     from models import build_model
@@ -98,8 +98,24 @@ def load_cell(run_dir: Path, checkpoint: str = "last.ckpt", device: str = "cpu")
                         **{**res["model_kwargs"], "pretrained": False})
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    module = RECIPES[res["model"]](model, **hparams)
+    module = RECIPES[res["model"]](model, **current_hparams(hparams))
     return module.to(device).eval(), config
+
+
+def current_hparams(hparams: dict) -> dict:
+    """Hyperparameters stored by an older ``SegmentationModule`` in today's arguments. The dense
+    CRF and the checkerboard statistic (now evaluators) do not change the predictions, and the
+    schedule is not needed to predict: they are dropped."""
+    hp = {k: v for k, v in hparams.items() if k not in ("crf", "checkerboard_period")}
+    if "freeze_bn" in hp:
+        hp["bn"] = "frozen" if hp.pop("freeze_bn") else "trained"
+    if "eval_crop" in hp:
+        hp["eval_window"] = hp.pop("eval_crop")
+    if hp.get("eval_mode", "whole") != "ms_flip":  # once recorded (and ignored) in every mode
+        hp.pop("eval_scales", None), hp.pop("eval_flip", None)
+    if hp.get("eval_mode") != "sliding":
+        hp.pop("eval_window", None), hp.pop("eval_stride", None)
+    return hp
 
 
 @dataclass
@@ -146,16 +162,18 @@ def validation_samples(config: dict, n: int = 4, indices: Sequence[int] | None =
 def predict_masks(module, samples: Samples, eval_mode: str | None = None) -> list[np.ndarray]:
     """Argmax class maps of ``samples``, one image at a time (sizes may differ), under the
     module's evaluation protocol or another ``eval_mode``."""
-    from lightning_modules.inference import predict
+    from lightning_modules.inference import DEFAULT_SCALES, predict_probs
 
     hp, device = module.hparams, module.device
     module.on_validation_epoch_start()  # e.g. DeepLab v3 evaluated at another output stride
     if eval_mode is None or eval_mode == hp.eval_mode:
-        run = module.predict_scores
-    else:
+        run = module.predict_probs
+    else:  # another protocol: its own settings, DeepLab v3's for ms_flip
+        ms = eval_mode == "ms_flip"
+
         def run(x):
-            return predict(module, x, eval_mode, module.num_classes, scales=hp.eval_scales,
-                           flip=hp.eval_flip, crop=hp.eval_crop)
+            return predict_probs(module, x, eval_mode, scales=DEFAULT_SCALES if ms else (1.0,), flip=ms,
+                                 window=hp.get("eval_window") if eval_mode == "sliding" else None)
     return [run(x[None].to(device)).argmax(1)[0].cpu().numpy() for x in samples.images]
 
 

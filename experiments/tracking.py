@@ -109,8 +109,7 @@ def log_predictions(logger, module, datamodule, class_names, max_images: int = 4
     images, shown = [], 0
     with torch.no_grad():
         for batch_images, masks in datamodule.val_dataloader():
-            scores = module.predict_scores(batch_images.to(module.device))
-            preds = scores.argmax(1).cpu()
+            preds = module.predict_probs(batch_images.to(module.device)).argmax(1).cpu()
             rgb = denormalize(batch_images, module.hparams.mean, module.hparams.std).numpy()
             for i in range(len(rgb)):
                 images.append(wandb.Image(rgb[i], masks={

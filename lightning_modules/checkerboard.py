@@ -36,6 +36,8 @@ values against. Choices:
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
 
 
 def checkerboard_energy(
@@ -67,4 +69,34 @@ def checkerboard_energy(
     return torch.where(total > eps, ratio, torch.zeros_like(total)).float()
 
 
-__all__ = ["checkerboard_energy"]
+class CheckerboardEvaluator(nn.Module):
+    """Mean over evaluated images of :func:`checkerboard_energy` at ``period`` (an
+    :class:`~lightning_modules.metrics.Evaluator`): adds ``checkerboard`` and
+    ``checkerboard_period`` to ``last_metrics[stage]``."""
+
+    name = None
+
+    def __init__(self, period: int) -> None:
+        super().__init__()
+        if not isinstance(period, int) or period < 2:
+            raise ValueError(f"CheckerboardEvaluator period must be an int >= 2 (output pixels), got {period!r}")
+        self.period = period
+        self.mean = MeanMetric()  # a synced sum and count
+
+    def setup(self, metrics: MetricCollection) -> None:
+        pass
+
+    def update(self, images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor, module) -> None:
+        self.mean.update(checkerboard_energy(probs.float(), self.period))
+
+    def compute(self) -> dict[str, object]:
+        return {"checkerboard": float(self.mean.compute()), "checkerboard_period": self.period}
+
+    def reset(self) -> None:
+        self.mean.reset()
+
+    def extra_repr(self) -> str:
+        return f"period={self.period}"
+
+
+__all__ = ["CheckerboardEvaluator", "checkerboard_energy"]

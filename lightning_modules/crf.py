@@ -8,6 +8,9 @@ VOC val at full resolution; on other data or image sizes they are a starting poi
 they are arguments and are recorded with every result.
 
 ``pydensecrf`` (PyPI package ``pydensecrf2``) runs on the CPU, one image at a time.
+:class:`CRFEvaluator` refines every evaluated image's probabilities and scores the refined
+argmax with a copy of the module's metrics, so the before/after numbers sit side by side
+(``last_metrics["val"]`` and ``last_metrics["val_crf"]``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch import nn
+from torchmetrics import MetricCollection
+
+from lightning_modules.metrics import summarise
 
 
 @dataclass(frozen=True)
@@ -64,3 +71,34 @@ def denormalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float,
     s = images.new_tensor(std).view(1, 3, 1, 1)
     rgb = ((images.float() * s + m) * 255).round().clamp(0, 255).to(torch.uint8)
     return rgb.permute(0, 2, 3, 1).contiguous()
+
+
+class CRFEvaluator(nn.Module):
+    """The segmentation metrics after the dense CRF (an :class:`~lightning_modules.metrics.Evaluator`)."""
+
+    name = "crf"
+
+    def __init__(self, params: CRFParams = CRFParams()) -> None:
+        super().__init__()
+        if not isinstance(params, CRFParams):
+            raise ValueError(f"CRFEvaluator needs CRFParams, got {type(params).__name__}")
+        self.params = params
+        self.metrics: MetricCollection | None = None
+
+    def setup(self, metrics: MetricCollection) -> None:
+        self.metrics = metrics.clone(prefix="crf_")
+
+    def update(self, images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor, module) -> None:
+        rgb = denormalize(images, module.hparams.mean, module.hparams.std).cpu().numpy()
+        p = probs.float().cpu().numpy()
+        refined = [torch.from_numpy(dense_crf(rgb[i], p[i], self.params)) for i in range(len(rgb))]
+        self.metrics.update(torch.stack(refined).argmax(1).to(masks.device), masks)
+
+    def compute(self) -> dict[str, object]:
+        return summarise(self.metrics)
+
+    def reset(self) -> None:
+        self.metrics.reset()
+
+    def extra_repr(self) -> str:
+        return repr(self.params)

@@ -1,15 +1,19 @@
 """Evaluation protocols. The protocol changes the numbers, so every result records which was used.
 
 - ``whole``      — one forward pass on the full image (DeepLab v1/v2, FCN; our default).
+                   ``pad_to``: the normalised image is first padded with 0 (the mean colour)
+                   at the bottom/right to at least pad_to × pad_to and the prediction cut back
+                   (DeepLab's 513 × 513 test protocol, where the network sees a fixed size).
 - ``ms_flip``    — average of softmax probabilities over scales and horizontal flips
                    (DeepLab v2 "MSC" at test time, DeepLab v3 Table 6 "+MS +flip", PSPNet
                    "+MS"; scales 0.5–1.75 as in v3/v3+).
-- ``sliding``    — overlapping crop-size windows, logits averaged where they overlap (PSPNet /
-                   hszhao semseg and mmsegmentation's "slide" mode, stride = 2/3 of the crop).
+- ``sliding``    — overlapping windows, logits averaged where they overlap (PSPNet / hszhao
+                   semseg and mmsegmentation's "slide" mode, stride = 2/3 of the window).
 
-Each function takes a model returning ``{"out": logits at input size}`` and a normalised batch
-N×3×H×W, and returns class scores N×C×H×W at the batch's size (logits for ``whole`` and
-``sliding``, averaged probabilities for ``ms_flip``; argmax is what the metrics use).
+:func:`predict_probs` takes a model returning ``{"out": logits at input size}`` and a
+normalised batch N×3×H×W, and always returns class probabilities N×C×H×W at the batch's size
+(the softmax of the logits for ``whole`` and ``sliding``, the averaged probabilities for
+``ms_flip``): the argmax, the dense CRF and the checkerboard statistic all start from them.
 """
 
 from __future__ import annotations
@@ -22,10 +26,6 @@ from torch import nn
 
 EVAL_MODES = ("whole", "ms_flip", "sliding")
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-
-
-def predict_whole(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return model(images)["out"]
 
 
 def predict_multiscale(
@@ -66,40 +66,70 @@ def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tup
     return [(y, x) for y in starts(height) for x in starts(width)]
 
 
-def predict_sliding(
-    model: nn.Module, images: torch.Tensor, num_classes: int, crop: int, stride: int | None = None
-) -> torch.Tensor:
+def predict_sliding(model: nn.Module, images: torch.Tensor, crop: int, stride: int | None = None) -> torch.Tensor:
+    """Logits averaged over overlapping crop×crop windows."""
     stride = stride or max(1, (2 * crop) // 3)
     n, _, h, w = images.shape
     # Images smaller than a window are padded with 0 (= the mean colour after normalisation)
     # and the padding is cut off again; the model always sees crop×crop inputs as in training.
     ph, pw = max(h, crop), max(w, crop)
     x = F.pad(images, (0, pw - w, 0, ph - h)) if (ph, pw) != (h, w) else images
-    logits = images.new_zeros(n, num_classes, ph, pw, dtype=torch.float32)
-    count = images.new_zeros(1, 1, ph, pw, dtype=torch.float32)
+    logits, count = None, images.new_zeros(1, 1, ph, pw, dtype=torch.float32)
     for y0, x0 in sliding_windows(ph, pw, crop, stride):
-        window = x[..., y0 : y0 + crop, x0 : x0 + crop]
-        logits[..., y0 : y0 + crop, x0 : x0 + crop] += model(window)["out"].float()
+        out = model(x[..., y0 : y0 + crop, x0 : x0 + crop])["out"].float()
+        if logits is None:
+            logits = out.new_zeros(n, out.shape[1], ph, pw)
+        logits[..., y0 : y0 + crop, x0 : x0 + crop] += out
         count[..., y0 : y0 + crop, x0 : x0 + crop] += 1
     return (logits / count)[..., :h, :w]
 
 
-def predict(
+def predict_whole(model: nn.Module, images: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
+    """Logits of one forward pass, on the image padded to at least pad_to × pad_to if given."""
+    h, w = images.shape[-2:]
+    if pad_to is not None and (h < pad_to or w < pad_to):
+        images = F.pad(images, (0, max(0, pad_to - w), 0, max(0, pad_to - h)))
+    return model(images)["out"][..., :h, :w]
+
+
+def check_protocol(mode: str, scales: Sequence[float] = (1.0,), flip: bool = False, window: int | None = None,
+                   stride: int | None = None, pad_to: int | None = None, prefix: str = "eval_") -> None:
+    """Raise a ValueError naming the first argument of the protocol that is invalid or would be
+    ignored by ``mode`` (arguments named with ``prefix``, as the LightningModule spells them)."""
+    sliding = mode == "sliding"
+    checks = [
+        (mode in EVAL_MODES, f"{prefix}mode must be one of {EVAL_MODES}, got {mode!r}"),
+        (not sliding or (window or 0) > 0, f"{prefix}mode='sliding' needs {prefix}window (the window side, > 0)"),
+        (sliding or (window is None and stride is None),
+         f"{prefix}window/{prefix}stride apply to {prefix}mode='sliding' only, got {mode!r}"),
+        (stride is None or 0 < stride <= (window or 0),
+         f"{prefix}stride must be in 1..{prefix}window={window}, got {stride}"),
+        (len(scales) > 0 and all(s > 0 for s in scales), f"{prefix}scales must be > 0, got {tuple(scales)}"),
+        (mode == "ms_flip" or (tuple(scales) == (1.0,) and not flip),
+         f"{prefix}scales/{prefix}flip apply to {prefix}mode='ms_flip' only, got {mode!r}"),
+        (pad_to is None or (mode == "whole" and pad_to > 0),
+         f"{prefix}pad_to must be > 0 and applies to {prefix}mode='whole' only, got {pad_to} with {mode!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def predict_probs(
     model: nn.Module,
     images: torch.Tensor,
-    mode: str,
-    num_classes: int,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    flip: bool = True,
-    crop: int | None = None,
+    mode: str = "whole",
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    window: int | None = None,
     stride: int | None = None,
+    pad_to: int | None = None,
 ) -> torch.Tensor:
+    """Class probabilities N×C×H×W (float32) of a normalised batch under the protocol ``mode``."""
+    check_protocol(mode, scales, flip, window, stride, pad_to, prefix="")
     if mode == "whole":
-        return predict_whole(model, images)
+        return predict_whole(model, images, pad_to).float().softmax(1)
     if mode == "ms_flip":
         return predict_multiscale(model, images, scales, flip)
-    if mode == "sliding":
-        if crop is None:
-            raise ValueError("eval_mode='sliding' needs the crop size (eval_crop) of the windows")
-        return predict_sliding(model, images, num_classes, crop, stride)
-    raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {mode!r}")
+    return predict_sliding(model, images, window, stride).softmax(1)

@@ -5,13 +5,14 @@ the schedule and the logging, as ``SegmentationModule`` does for the semantic mo
 
 - Loss: the sum of torchvision's loss dict (RPN objectness + box regression, R-CNN
   classification + box regression, mask binary cross-entropy), each term logged.
-- Optimiser and schedule: exactly ``SegmentationModule``'s (the same code, not a copy):
-  parameter groups (``head_lr_mult`` for everything outside ``model.backbone`` (ResNet +
-  FPN), i.e. the RPN and RoI heads; ``bias_lr_mult`` for biases; no weight decay on biases and
-  norms), SGD or AdamW, lr = base · poly(global_step) after an optional linear warm-up. The
-  paper's own schedule (He et al. Sec. 3.1: lr 0.02, batch 16, ÷10 at 120k of 160k
-  iterations) is ``poly_power=0, lr_steps=(120000,)``: each step passed multiplies by
-  ``lr_gamma``. Both come from ``global_step``: a resumed run continues the schedule exactly.
+- Optimiser and schedule: exactly ``SegmentationModule``'s (the same code, not a copy;
+  ``lightning_modules.optim``): parameter groups (``head_lr_mult`` for everything outside
+  ``model.backbone`` (ResNet + FPN), i.e. the RPN and RoI heads; ``bias_lr_mult`` for biases;
+  no weight decay on biases and norms), SGD or AdamW, ``lr_schedule`` "poly", "step" or
+  "constant" after an optional linear warm-up. The paper's own schedule (He et al. Sec. 3.1:
+  lr 0.02, batch 16, ÷10 at 120k of 160k iterations) is ``lr_schedule="step",
+  lr_steps=(120000,)``: each step passed multiplies by ``lr_gamma``. All come from
+  ``global_step``: a resumed run continues the schedule exactly.
 - Metrics: COCO mask and box AP (AP@[.5:.95], AP50, AP75) from torchmetrics'
   ``MeanAveragePrecision`` over the whole validation set, synced across processes, with the
   official COCO evaluation code (``backend``: pycocotools or faster_coco_eval). After every
@@ -29,7 +30,8 @@ import torch
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from lightning_modules.segmentation import SegmentationModule, poly_factor
+from lightning_modules import optim
+from lightning_modules.segmentation import SegmentationModule
 
 METRIC_KEYS = {"mask_ap": "segm_map", "mask_ap50": "segm_map_50", "mask_ap75": "segm_map_75",
                "box_ap": "bbox_map", "box_ap50": "bbox_map_50", "box_ap75": "bbox_map_75"}
@@ -60,18 +62,19 @@ class InstanceSegmentationModule(L.LightningModule):
         lr: float = 0.02,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
+        lr_schedule: str = "poly",
         poly_power: float = 0.9,
-        warmup_steps: int = 0,
         lr_steps: Sequence[int] = (),
         lr_gamma: float = 0.1,
+        warmup_steps: int = 0,
         head_lr_mult: float = 1.0,
         bias_lr_mult: float = 1.0,
         channels_last: bool = False,
         backend: str = "pycocotools",
     ) -> None:
         super().__init__()
-        if optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' (the paper's) or 'adamw', got {optimizer!r}")
+        optim.check_optimisation(optimizer, lr, momentum, weight_decay, lr_schedule, poly_power, lr_steps,
+                                 lr_gamma, warmup_steps, head_lr_mult, bias_lr_mult, model)
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.num_classes = num_classes
@@ -96,17 +99,11 @@ class InstanceSegmentationModule(L.LightningModule):
     # --- optimisation: SegmentationModule's parameter groups and step-wise schedule --------
     configure_optimizers = SegmentationModule.configure_optimizers
     total_steps = SegmentationModule.total_steps
-
-    def lr_factor(self, step: int) -> float:
-        hp = self.hparams
-        factor = poly_factor(step, self.total_steps(), hp.poly_power, hp.warmup_steps)
-        return factor * hp.lr_gamma ** sum(step >= s for s in hp.lr_steps)
+    lr_factor = SegmentationModule.lr_factor
+    apply_lr_schedule = SegmentationModule.apply_lr_schedule
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        factor = self.lr_factor(self.global_step)
-        for group in self.optimizers(use_pl_optimizer=False).param_groups:
-            group["lr"] = group["base_lr"] * factor
-        self.log("train/lr", self.hparams.lr * factor, batch_size=len(batch[0]))
+        self.log("train/lr", self.apply_lr_schedule(), batch_size=len(batch[0]))
 
     # --- evaluation: one dataset-level COCO evaluation per validation ------------------------
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -18,8 +18,11 @@ which weights small images and rare classes differently and is not what the pape
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.nn.functional as F
+from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from datamodules.constants import IGNORE_INDEX
@@ -42,6 +45,31 @@ class ConfusionMatrix(MulticlassConfusionMatrix):
                 f"ignore label {IGNORE_INDEX}: check the dataset and num_classes"
             )
         super().update(preds, target)
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """An extra evaluation handed to ``SegmentationModule(evaluators=[...])``.
+
+    Implementations are ``nn.Module``s whose state lives in torchmetrics metrics, so it moves
+    with the LightningModule and is summed across processes on ``compute()``. ``name`` says
+    where the results go: ``None`` adds them to ``last_metrics[stage]`` (the checkerboard
+    statistic), ``"crf"`` reports them as ``last_metrics[f"{stage}_crf"]``, logged as
+    ``f"{stage}_crf/miou"`` etc. Examples: ``lightning_modules.crf.CRFEvaluator``,
+    ``lightning_modules.checkerboard.CheckerboardEvaluator``.
+    """
+
+    name: str | None
+
+    def setup(self, metrics: MetricCollection) -> None:
+        """Called once with the module's (empty) :func:`segmentation_metrics`."""
+
+    def update(self, images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor, module) -> None:
+        """One batch: normalised images N×3×H×W, predicted probabilities N×C×H×W, masks N×H×W."""
+
+    def compute(self) -> dict[str, object]: ...
+
+    def reset(self) -> None: ...
 
 
 def confusion_matrix_metric(num_classes: int) -> ConfusionMatrix:
@@ -106,3 +134,35 @@ def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
 def trimap_target(target: torch.Tensor, width: int) -> torch.Tensor:
     """``target`` with every pixel outside the boundary band set to the ignore label."""
     return torch.where(boundary_band(target, width), target, torch.full_like(target, IGNORE_INDEX))
+
+
+class TrimapConfusionMatrix(ConfusionMatrix):
+    """The confusion matrix of the pixels within ``width`` px of a label boundary (the trimap band)."""
+
+    def __init__(self, num_classes: int, width: int) -> None:
+        super().__init__(num_classes=num_classes, ignore_index=IGNORE_INDEX)
+        self.width = width
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(preds, trimap_target(target, self.width))
+
+
+def segmentation_metrics(num_classes: int, trimap_width: int) -> MetricCollection:
+    """One evaluation's dataset-level confusion matrices, updated with ``(preds, masks)``: ``cm``
+    over every labelled pixel and ``trimap_cm`` within ``trimap_width`` px of a boundary."""
+    # compute_groups=False: the two matrices have the same type and shape; torchmetrics would
+    # merge their states if they happened to be equal after the first batch
+    return MetricCollection({"cm": confusion_matrix_metric(num_classes),
+                             "trimap_cm": TrimapConfusionMatrix(num_classes, trimap_width)},
+                            compute_groups=False)
+
+
+def summarise(metrics: MetricCollection) -> dict[str, object]:
+    """FCN's metrics of a :func:`segmentation_metrics` collection (synced across processes) and
+    the trimap mIoU, or ``None`` for a band without a labelled pixel (e.g. one-class images)."""
+    parts = dict(metrics.items(keep_base=True))
+    result = metrics_from_confusion(parts["cm"].compute())
+    trimap = parts["trimap_cm"].compute()
+    result["trimap_miou"] = metrics_from_confusion(trimap)["miou"] if trimap.sum() > 0 else None
+    result["trimap_width"] = parts["trimap_cm"].width
+    return result

@@ -10,7 +10,7 @@ DeepLab v1/v2      DeepLab v2 TPAMI'17 Sec. 4.1 (VGG-16): "poly" power 0.9, base
                    10× for the newly added classifier/ASPP layers (DeepLab v1 Sec. 4.1),
                    momentum 0.9, weight decay 5e-4, Caffe's 2× bias lr.
 DeepLab v3 / v3+   DeepLab v3 Sec. 4.1: poly 0.9, lr 0.007 (batch 16, OS 16), weight decay 1e-4
-                   (the reference ResNet setting), BN trained; ``freeze_bn`` for the OS 8
+                   (the reference ResNet setting), BN trained; ``bn="frozen"`` for the OS 8
                    fine-tuning stage of Table 6.
 PSPNet             PSPNet Sec. 4.1 / hszhao semseg: poly 0.9, base lr 0.01 with 10× for the
                    head, momentum 0.9, weight decay 1e-4, auxiliary loss weight 0.4 (Table 2).
@@ -26,8 +26,8 @@ from lightning_modules.segmentation import SegmentationModule
 
 class FCNModule(SegmentationModule):
     def __init__(self, model, num_classes: int, lr: float = 1e-4, weight_decay: float = 5e-4,
-                 poly_power: float = 0.0, bias_lr_mult: float = 2.0, **kwargs) -> None:
-        super().__init__(model, num_classes, lr=lr, weight_decay=weight_decay, poly_power=poly_power,
+                 lr_schedule: str = "constant", bias_lr_mult: float = 2.0, **kwargs) -> None:
+        super().__init__(model, num_classes, lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule,
                          bias_lr_mult=bias_lr_mult, **kwargs)
 
 

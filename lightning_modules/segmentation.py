@@ -1,28 +1,24 @@
 """The LightningModule that trains and evaluates every architecture of the model zoo.
 
 It receives a plain model (``models.build_model``) and alone owns the loss, the metrics, the
-optimiser, the learning-rate schedule and the logging (the split of the lightning-hydra
-template; heads never own a loss). Paper recipes that differ are thin subclasses in
-``lightning_modules/recipes.py``.
+optimiser, the learning-rate schedule and the logging (the lightning-hydra-template split).
 
 - Loss: cross-entropy with ``ignore_index=255`` on ``"out"`` plus ``aux_weight`` × the same on
   ``"aux"`` (PSPNet Sec. 3.4 / Table 2: 0.4), optionally weighted per pixel by U-Net's border
-  weight map (Ronneberger et al. Eq. 1–2).
-- Optimiser: SGD with momentum (every paper here; ``optimizer="adamw"`` exists for the CPU smoke
-  preset, which trains width-scaled networks from scratch in minutes); parameter groups give newly initialised head layers
-  ``head_lr_mult`` × the base learning rate (DeepLab: 10×) and biases ``bias_lr_mult`` ×
-  (Caffe's ``lr_mult: 2``); biases and normalisation parameters get no weight decay (Caffe's
-  ``decay_mult: 0`` in the FCN/DeepLab prototxts).
-- Schedule: "poly", lr = base · (1 − step/max_steps)^power (DeepLab v2 Sec. 4.1, PSPNet
-  Sec. 4.1), optionally after a linear warm-up, computed from ``global_step`` before every
-  step, so a resumed run continues the schedule exactly (no scheduler state to get out of sync).
-- Metrics: one dataset-level confusion matrix per evaluation (``lightning_modules.metrics``),
-  synced across processes; the evaluation protocol (``eval_mode``) and, when the dense CRF is
-  on, the before/after-CRF metrics are reported side by side. Always also the "trimap" mIoU
-  within ``trimap_width`` px of label boundaries (DeepLab v1/v2), and with
-  ``checkerboard_period`` the checkerboard statistic of the predicted probabilities
-  (``lightning_modules.checkerboard``). ``eval_output_stride`` evaluates a DeepLab v3/v3+
-  trained at one output stride at another (v3 Table 6: train 16, evaluate 8).
+  weight map (``border_weight``, Ronneberger et al. Eq. 1–2).
+- Optimiser and schedule (``lightning_modules.optim``): SGD with momentum (every paper here;
+  ``"adamw"`` for the CPU smoke preset), head/bias learning-rate multipliers, no weight decay
+  on biases and norms; ``lr_schedule`` "poly" (DeepLab, PSPNet), "step" or "constant" (FCN),
+  after an optional linear warm-up, recomputed from ``global_step`` before every step.
+  ``bn="frozen"`` keeps BatchNorm in eval mode with fixed affine parameters (DeepLab v3's OS 8
+  fine-tuning stage, Table 6).
+- Evaluation: ``eval_mode`` "whole" (``eval_pad_to``: DeepLab's 513 protocol), "ms_flip" or
+  "sliding" (``lightning_modules.inference.predict_probs``); ``eval_output_stride`` evaluates a
+  DeepLab v3/v3+ at another output stride than it trained with (v3 Table 6: train 16, test 8).
+- Metrics: per stage (val, test) one dataset-level confusion matrix and one of the "trimap" band
+  within ``trimap_width`` px of label boundaries (DeepLab v1/v2), synced across processes.
+  ``evaluators`` add more from the same probabilities: ``crf.CRFEvaluator`` (metrics after the
+  dense CRF, as ``last_metrics["val_crf"]``), ``checkerboard.CheckerboardEvaluator``.
 """
 
 from __future__ import annotations
@@ -33,14 +29,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
 
 from datamodules.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
-from lightning_modules.crf import CRFParams, dense_crf, denormalize
-from lightning_modules.inference import DEFAULT_SCALES, EVAL_MODES, predict
-from lightning_modules.metrics import confusion_matrix_metric, metrics_from_confusion, trimap_target
+from lightning_modules import optim
+from lightning_modules.inference import check_protocol, predict_probs
+from lightning_modules.metrics import Evaluator, segmentation_metrics, summarise
+from lightning_modules.optim import lr_factor  # noqa: F401  (the schedule, importable from here)
 
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+LOGGED = ("miou", "pixel_acc", "mean_acc", "fwiou", "trimap_miou", "checkerboard")
 
 
 def segmentation_loss(
@@ -54,79 +50,64 @@ def segmentation_loss(
     return losses.sum() / valid.sum().clamp(min=1)
 
 
-def poly_factor(step: int, max_steps: int, power: float, warmup_steps: int = 0) -> float:
-    """Learning-rate multiplier at optimiser step ``step`` (0-based)."""
-    factor = max(0.0, 1.0 - step / max(1, max_steps)) ** power
-    if warmup_steps > 0 and step < warmup_steps:
-        factor *= (step + 1) / warmup_steps
-    return factor
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
 
 
 class SegmentationModule(L.LightningModule):
-    def __init__(
-        self,
-        model: nn.Module,
-        num_classes: int,
-        lr: float = 0.01,
-        optimizer: str = "sgd",
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        poly_power: float = 0.9,
-        warmup_steps: int = 0,
-        head_lr_mult: float = 1.0,
-        bias_lr_mult: float = 1.0,
-        aux_weight: float = 0.0,
-        freeze_bn: bool = False,
-        border_weight: bool = False,
-        eval_mode: str = "whole",
-        eval_scales: Sequence[float] = DEFAULT_SCALES,
-        eval_flip: bool = True,
-        eval_crop: int | None = None,
-        crf: CRFParams | dict | None = None,
-        trimap_width: int = 5,
-        checkerboard_period: int | None = None,
-        eval_output_stride: int | None = None,
-        class_names: Sequence[str] | None = None,
-        channels_last: bool = False,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
+    def __init__(self, model: nn.Module, num_classes: int, *,
+                 class_names: Sequence[str] | None = None,
+                 optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 1e-4,
+                 lr_schedule: str = "poly", poly_power: float = 0.9, lr_steps: Sequence[int] = (),
+                 lr_gamma: float = 0.1, warmup_steps: int = 0,
+                 head_lr_mult: float = 1.0, bias_lr_mult: float = 1.0, aux_weight: float = 0.0,
+                 bn: str = "trained", border_weight: bool = False,
+                 eval_mode: str = "whole", eval_scales: Sequence[float] = (1.0,), eval_flip: bool = False,
+                 eval_window: int | None = None, eval_stride: int | None = None, eval_pad_to: int | None = None,
+                 eval_output_stride: int | None = None, trimap_width: int = 5,
+                 evaluators: Sequence[Evaluator] = (), channels_last: bool = False,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
-        if optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' (the papers') or 'adamw', got {optimizer!r}")
-        if eval_mode not in EVAL_MODES:
-            raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
-        if eval_mode == "sliding" and eval_crop is None:
-            raise ValueError("eval_mode='sliding' needs eval_crop (the window size)")
-        if eval_output_stride is not None and not hasattr(model, "set_output_stride"):
-            raise ValueError(
-                f"eval_output_stride={eval_output_stride} needs a model that can change its output "
-                f"stride (DeepLab v3/v3+ with a ResNet); {type(model).__name__} cannot"
-            )
-        if head_lr_mult != 1.0 and not isinstance(getattr(model, "backbone", None), nn.Module):
-            raise ValueError(
-                f"head_lr_mult={head_lr_mult} needs the model to expose its pretrained part as "
-                f"`.backbone`; {type(model).__name__} has none"
-            )
-        self.save_hyperparameters(ignore=["model"])
+        _check(num_classes >= 1, f"num_classes must be >= 1, got {num_classes}")
+        _check(class_names is None or len(class_names) == num_classes,
+               f"class_names must name the {num_classes} classes, got {class_names and len(class_names)} names")
+        optim.check_optimisation(optimizer, lr, momentum, weight_decay, lr_schedule, poly_power, lr_steps,
+                                 lr_gamma, warmup_steps, head_lr_mult, bias_lr_mult, model)
+        _check(aux_weight >= 0, f"aux_weight must be >= 0, got {aux_weight}")
+        _check(bn in ("trained", "frozen"), f"bn must be 'trained' or 'frozen', got {bn!r}")
+        check_protocol(eval_mode, eval_scales, eval_flip, eval_window, eval_stride, eval_pad_to)
+        _check(eval_output_stride is None or hasattr(model, "set_output_stride"),
+               f"eval_output_stride={eval_output_stride} needs a model that can change its output stride "
+               f"(DeepLab v3/v3+ with a ResNet); {type(model).__name__} cannot")
+        _check(trimap_width >= 0, f"trimap_width must be >= 0, got {trimap_width}")
+        for ev in evaluators:
+            _check(isinstance(ev, nn.Module) and isinstance(ev, Evaluator), "evaluators must be nn.Modules "
+                   f"with name/setup/update/compute/reset (metrics.Evaluator), got {type(ev).__name__}")
+        _check(len(mean) == 3 and len(std) == 3 and min(std) > 0,
+               f"mean/std must be 3 values each (std > 0), got {mean}, {std}")
+        self.save_hyperparameters(ignore=["model", "evaluators"])
         self.model = model
         self.num_classes = num_classes
-        # a dict too: the runner's JSON config and reloaded hyperparameters carry it that way
-        self.crf_params = CRFParams(**crf) if isinstance(crf, dict) else crf
-        self.val_cm = confusion_matrix_metric(num_classes)
-        self.val_cm_crf = confusion_matrix_metric(num_classes) if crf is not None else None
-        self.val_cm_trimap = confusion_matrix_metric(num_classes)
-        self.val_cm_crf_trimap = confusion_matrix_metric(num_classes) if crf is not None else None
-        # mean over images of the checkerboard statistic (a synced sum and count)
-        self.val_checkerboard = MeanMetric() if checkerboard_period else None
+        self.metrics = nn.ModuleDict({s: segmentation_metrics(num_classes, trimap_width) for s in ("val", "test")})
+        self.evaluators = nn.ModuleList(evaluators)
+        for ev in self.evaluators:
+            ev.setup(self.metrics["val"])
         self.train_output_stride = getattr(model, "output_stride", None)
         self.last_metrics: dict[str, dict] = {}
-        if freeze_bn:
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.requires_grad_(False)
+        if bn == "frozen":
+            for m in self._batch_norms():
+                m.requires_grad_(False)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+
+    @staticmethod
+    def head_modules(model: nn.Module) -> list[str]:
+        """Names of the model's top-level children that get ``head_lr_mult`` (all but ``backbone``)."""
+        return optim.head_modules(model)
+
+    def _batch_norms(self) -> list[nn.Module]:
+        return [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     # --- forward / loss -------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -157,108 +138,62 @@ class SegmentationModule(L.LightningModule):
     # --- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        backbone = getattr(self.model, "backbone", None)
-        backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
-        no_decay_ids = {
-            id(p) for m in self.model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)
-        }
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            is_head = id(p) not in backbone_ids
-            is_bias = name.endswith(".bias") or id(p) in no_decay_ids
-            groups.setdefault((is_head, is_bias), []).append(p)
-        param_groups = []
-        for (is_head, is_bias), params in sorted(groups.items()):
-            mult = (hp.head_lr_mult if is_head else 1.0) * (hp.bias_lr_mult if is_bias else 1.0)
-            param_groups.append({
-                "params": params,
-                "lr": hp.lr * mult,
-                "base_lr": hp.lr * mult,
-                "weight_decay": 0.0 if is_bias else hp.weight_decay,
-                "name": f"{'head' if is_head else 'backbone'}_{'bias' if is_bias else 'weight'}",
-            })
-        if hp.optimizer == "adamw":
-            return torch.optim.AdamW(param_groups, lr=hp.lr)
-        return torch.optim.SGD(param_groups, lr=hp.lr, momentum=hp.momentum)
+        return optim.make_optimizer(self.model, hp.optimizer, hp.lr, hp.momentum, hp.weight_decay,
+                                    hp.head_lr_mult, hp.bias_lr_mult)
 
     def total_steps(self) -> int:
         max_steps = self.trainer.max_steps
         return max_steps if max_steps and max_steps > 0 else int(self.trainer.estimated_stepping_batches)
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if self.hparams.freeze_bn:
-            # Lightning switches modules to train mode around validation; running statistics must
-            # stay those of the checkpoint, so BN goes back to eval before every step.
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        factor = poly_factor(self.global_step, self.total_steps(), self.hparams.poly_power, self.hparams.warmup_steps)
-        optimizer = self.optimizers(use_pl_optimizer=False)
-        for group in optimizer.param_groups:
+    def lr_factor(self, step: int) -> float:
+        hp = self.hparams
+        return lr_factor(step, self.total_steps(), hp.lr_schedule, hp.poly_power, hp.lr_steps, hp.lr_gamma,
+                         hp.warmup_steps)
+
+    def apply_lr_schedule(self) -> float:
+        factor = self.lr_factor(self.global_step)
+        for group in self.optimizers(use_pl_optimizer=False).param_groups:
             group["lr"] = group["base_lr"] * factor
-        self.log("train/lr", self.hparams.lr * factor)
+        return self.hparams.lr * factor
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.hparams.bn == "frozen":
+            # Lightning switches modules back to train mode after validation; the running
+            # statistics must stay those of the checkpoint
+            for m in self._batch_norms():
+                m.eval()
+        self.log("train/lr", self.apply_lr_schedule())
 
     # --- evaluation -----------------------------------------------------------------------
-    def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities N×C×H×W under this module's evaluation protocol."""
         hp = self.hparams
-        return predict(
-            self, images, hp.eval_mode, self.num_classes, scales=hp.eval_scales, flip=hp.eval_flip, crop=hp.eval_crop
-        )
+        return predict_probs(self, images, hp.eval_mode, scales=hp.eval_scales, flip=hp.eval_flip,
+                             window=hp.eval_window, stride=hp.eval_stride, pad_to=hp.eval_pad_to)
 
-    def _eval_step(self, batch) -> None:
+    def _eval_step(self, batch, stage: str) -> None:
         images, masks = batch
-        scores = self.predict_scores(images)
-        preds = scores.argmax(1)
-        self.val_cm.update(preds, masks)
-        self.val_cm_trimap.update(preds, trimap_target(masks, self.hparams.trimap_width))
-        if self.val_checkerboard is not None:
-            from lightning_modules.checkerboard import checkerboard_energy
-
-            probs = scores if self.hparams.eval_mode == "ms_flip" else scores.float().softmax(1)
-            self.val_checkerboard.update(checkerboard_energy(probs.float(), self.hparams.checkerboard_period))
-        if self.val_cm_crf is not None:
-            probs = scores if self.hparams.eval_mode == "ms_flip" else scores.float().softmax(1)
-            rgb = denormalize(images, self.hparams.mean, self.hparams.std).cpu().numpy()
-            refined = [
-                torch.from_numpy(dense_crf(rgb[i], probs[i].float().cpu().numpy(), self.crf_params))
-                for i in range(len(rgb))
-            ]
-            refined_preds = torch.stack(refined).argmax(1).to(masks.device)
-            self.val_cm_crf.update(refined_preds, masks)
-            self.val_cm_crf_trimap.update(refined_preds, trimap_target(masks, self.hparams.trimap_width))
+        probs = self.predict_probs(images)
+        self.metrics[stage].update(probs.argmax(1), masks)
+        for ev in self.evaluators:
+            ev.update(images, probs, masks, self)
 
     def _set_eval_stride(self, evaluating: bool) -> None:
         if self.hparams.eval_output_stride is not None:
-            stride = self.hparams.eval_output_stride if evaluating else self.train_output_stride
-            self.model.set_output_stride(stride)
-
-    def _trimap(self, metric) -> dict:
-        cm = metric.compute()
-        metric.reset()
-        # a band with no labelled pixel (e.g. images of one class) has no trimap score
-        return {"trimap_miou": metrics_from_confusion(cm)["miou"] if cm.sum() > 0 else None,
-                "trimap_width": self.hparams.trimap_width}
+            self.model.set_output_stride(self.hparams.eval_output_stride if evaluating else self.train_output_stride)
 
     def _eval_epoch_end(self, stage: str) -> None:
         self._set_eval_stride(False)
-        results = {stage: metrics_from_confusion(self.val_cm.compute())}
-        self.val_cm.reset()
-        results[stage].update(self._trimap(self.val_cm_trimap))
-        if self.val_checkerboard is not None:
-            results[stage]["checkerboard"] = float(self.val_checkerboard.compute())
-            results[stage]["checkerboard_period"] = self.hparams.checkerboard_period
-            self.val_checkerboard.reset()
+        # every value comes from confusion matrices synced across processes: equal on every rank
+        results = {stage: summarise(self.metrics[stage])}
+        self.metrics[stage].reset()
+        for ev in self.evaluators:
+            results.setdefault(f"{stage}_{ev.name}" if ev.name else stage, {}).update(ev.compute())
+            ev.reset()
         if self.hparams.eval_output_stride is not None:
             results[stage]["eval_output_stride"] = self.hparams.eval_output_stride
-        if self.val_cm_crf is not None:
-            results[f"{stage}_crf"] = metrics_from_confusion(self.val_cm_crf.compute())
-            results[f"{stage}_crf"].update(self._trimap(self.val_cm_crf_trimap))
-            self.val_cm_crf.reset()
         for prefix, metrics in results.items():
-            for key in ("miou", "pixel_acc", "mean_acc", "fwiou", "trimap_miou", "checkerboard"):
-                # identical on every rank: computed from the synced confusion matrix
+            for key in LOGGED:
                 if metrics.get(key) is not None:
                     self.log(f"{prefix}/{key}", metrics[key], prog_bar=key == "miou")
             metrics["eval_mode"] = self.hparams.eval_mode
@@ -271,13 +206,13 @@ class SegmentationModule(L.LightningModule):
         self._set_eval_stride(True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch)
+        self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch)
+        self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")

@@ -94,3 +94,19 @@ def test_uneven_transposed_conv_scores_higher_than_resize_conv(seed):
     # measured: bad 0.017-0.067 (the content's variance dominates), the others < 0.001
     assert (bad > 0.01).all() and (bad > 20 * good).all() and (bad > 20 * good_block).all()
     assert (good < 0.002).all() and (even < 0.002).all()
+
+
+def test_evaluator_averages_over_images_and_resets():
+    from lightning_modules.checkerboard import CheckerboardEvaluator
+
+    ev = CheckerboardEvaluator(2)
+    a, b = torch.rand(2, 3, 8, 8).softmax(1), torch.rand(1, 3, 8, 8).softmax(1)
+    ev.update(None, a, None, None)
+    ev.update(None, b, None, None)
+    expected = checkerboard_energy(torch.cat([a, b]), 2).mean().item()
+    assert ev.compute() == {"checkerboard": pytest.approx(expected), "checkerboard_period": 2}
+    ev.reset()
+    ev.update(None, b, None, None)
+    assert ev.compute()["checkerboard"] == pytest.approx(checkerboard_energy(b, 2).item())
+    with pytest.raises(ValueError, match="period"):
+        CheckerboardEvaluator(1)

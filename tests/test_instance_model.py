@@ -174,10 +174,12 @@ def test_module_reports_fractions_via_validation_hooks():
 
 
 def test_schedule_poly_and_paper_steps():
-    module = InstanceSegmentationModule(torch.nn.Linear(1, 1), 2, poly_power=0.0, lr_steps=(120, 150))
+    module = InstanceSegmentationModule(torch.nn.Linear(1, 1), 2, lr_schedule="step", lr_steps=(120, 150))
     module.total_steps = lambda: 160
     assert [module.lr_factor(s) for s in (0, 119, 120, 149, 150)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
     poly = InstanceSegmentationModule(torch.nn.Linear(1, 1), 2, warmup_steps=10)
     poly.total_steps = lambda: 100
     assert poly.lr_factor(0) == pytest.approx(0.1 * 1.0)
     assert poly.lr_factor(50) == pytest.approx(0.5**0.9)
+    with pytest.raises(ValueError, match="lr_steps"):  # steps belong to the "step" schedule
+        InstanceSegmentationModule(torch.nn.Linear(1, 1), 2, lr_steps=(120,))

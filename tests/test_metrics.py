@@ -76,3 +76,35 @@ def test_trimap_band_matches_hand_computation():
     assert metrics_from_confusion(cm.compute())["miou"] == pytest.approx(0.25)
     with pytest.raises(ValueError, match="width"):
         boundary_band(target, -1)
+
+
+def test_segmentation_metrics_keep_the_plain_and_trimap_matrices_apart():
+    from lightning_modules.metrics import segmentation_metrics, summarise, trimap_target
+
+    target = torch.tensor([[0, 0, 0, 1, 1, 1]] * 4)[None]
+    metrics = segmentation_metrics(2, trimap_width=0)
+    # first batch: the trimap band holds every labelled pixel, so both matrices start equal;
+    # they must not be merged into one state (torchmetrics' compute groups)
+    narrow = torch.tensor([[0, 1]] * 2)[None]
+    metrics.update(torch.zeros_like(narrow), narrow)
+    metrics.update(torch.zeros_like(target), target)
+    plain, trimap = confusion_matrix_metric(2), confusion_matrix_metric(2)
+    for t in (narrow, target):
+        plain.update(torch.zeros_like(t), t)
+        trimap.update(torch.zeros_like(t), trimap_target(t, 0))
+    parts = dict(metrics.items(keep_base=True))
+    assert torch.equal(parts["cm"].compute(), plain.compute())
+    assert torch.equal(parts["trimap_cm"].compute(), trimap.compute())
+    assert not torch.equal(plain.compute(), trimap.compute())
+    out = summarise(metrics)
+    assert out == {**metrics_from_confusion(plain.compute()), "trimap_width": 0,
+                   "trimap_miou": metrics_from_confusion(trimap.compute())["miou"]}
+    # a prefixed clone (the CRF evaluator's) summarises the same way and starts empty
+    clone = metrics.clone(prefix="crf_")
+    clone.reset()
+    clone.update(torch.zeros_like(target), target)
+    assert summarise(clone)["miou"] == pytest.approx(0.25)
+    # a band without any labelled pixel has no trimap score
+    one_class = segmentation_metrics(2, trimap_width=0)
+    one_class.update(torch.zeros(1, 3, 3, dtype=torch.long), torch.zeros(1, 3, 3, dtype=torch.long))
+    assert summarise(one_class)["trimap_miou"] is None

@@ -1,4 +1,5 @@
-"""SegmentationModule: loss, optimiser groups, poly schedule and exact resume, evaluation modes, CRF."""
+"""SegmentationModule: loss, optimiser groups, schedules and exact resume, frozen BN, evaluation
+modes (probabilities, padding), argument checks, the CRF and checkerboard evaluators."""
 
 import lightning as L
 import numpy as np
@@ -7,9 +8,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_modules.crf import CRFParams, dense_crf
-from lightning_modules.inference import predict, predict_multiscale, predict_sliding, sliding_windows
-from lightning_modules.segmentation import SegmentationModule, poly_factor, segmentation_loss
+from lightning_modules.checkerboard import CheckerboardEvaluator, checkerboard_energy
+from lightning_modules.crf import CRFEvaluator, CRFParams, dense_crf, denormalize
+from lightning_modules.inference import predict_multiscale, predict_probs, predict_sliding, sliding_windows
+from lightning_modules.metrics import confusion_matrix_metric, metrics_from_confusion, trimap_target
+from lightning_modules.segmentation import SegmentationModule, lr_factor, segmentation_loss
 
 
 class Toy(nn.Module):
@@ -38,11 +41,65 @@ def trainer(tmp_path, max_steps, **kw):
 
 
 def test_poly_factor_and_warmup():
-    assert poly_factor(0, 100, 0.9) == 1.0
-    assert poly_factor(50, 100, 0.9) == pytest.approx(0.5 ** 0.9)
-    assert poly_factor(100, 100, 0.9) == 0.0
-    assert poly_factor(0, 100, 0.0) == 1.0 and poly_factor(99, 100, 0.0) == 1.0  # FCN: fixed lr
-    assert poly_factor(1, 100, 0.9, warmup_steps=10) == pytest.approx(0.2 * (0.99 ** 0.9))
+    assert lr_factor(0, 100, "poly", 0.9) == 1.0
+    assert lr_factor(50, 100, "poly", 0.9) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(100, 100, "poly", 0.9) == 0.0
+    assert lr_factor(1, 100, "poly", 0.9, warmup_steps=10) == pytest.approx(0.2 * (0.99 ** 0.9))
+
+
+def test_step_and_constant_schedules():
+    def step(s):
+        return lr_factor(s, 6000, "step", steps=(2000, 4000), gamma=0.1)
+
+    assert [step(s) for s in (0, 1999, 2000, 3999, 4000, 5999)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert step(0) == 1.0 and step(1999) == 1.0
+    # FCN: a fixed lr; poly_power is irrelevant then
+    assert {lr_factor(s, 100, "constant", power=0.9) for s in (0, 50, 99, 100)} == {1.0}
+    assert lr_factor(4, 100, "constant", warmup_steps=10) == pytest.approx(0.5)  # warm-up still applies
+    assert lr_factor(4, 100, "step", steps=(3,), gamma=0.5, warmup_steps=10) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor(0, 100, "cosine")
+
+
+def test_module_uses_the_step_schedule(tmp_path):
+    module = SegmentationModule(Toy(), 3, lr=0.1, lr_schedule="step", lr_steps=(2, 4), lr_gamma=0.5)
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer(tmp_path, 5, callbacks=[Record()], limit_val_batches=0).fit(module, toy_loader(n=10))
+    assert seen == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"lr_schedule": "cosine"}, "lr_schedule"),
+    ({"lr_schedule": "step"}, "lr_steps"),
+    ({"lr_schedule": "step", "lr_steps": (4000, 2000)}, "lr_steps"),
+    ({"lr_steps": (100,)}, "lr_steps"),  # lr_steps only mean something for "step"
+    ({"bn": "sync"}, "bn"),
+    ({"optimizer": "adam"}, "optimizer"),
+    ({"lr": 0}, "lr"),
+    ({"eval_mode": "tta"}, "eval_mode"),
+    ({"eval_mode": "sliding"}, "eval_window"),
+    ({"eval_window": 8}, "eval_window"),  # ignored by "whole": an error, not a silent no-op
+    ({"eval_mode": "sliding", "eval_window": 8, "eval_stride": 9}, "eval_stride"),
+    ({"eval_flip": True}, "eval_flip"),
+    ({"eval_mode": "ms_flip", "eval_pad_to": 32}, "eval_pad_to"),
+    ({"trimap_width": -1}, "trimap_width"),
+    ({"class_names": ("a", "b")}, "class_names"),
+    ({"evaluators": [nn.Identity()]}, "evaluators"),
+])
+def test_invalid_arguments_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SegmentationModule(Toy(), 3, **kwargs)
+
+
+def test_hyperparameters_leave_out_model_and_evaluators():
+    module = SegmentationModule(Toy(), 3, evaluators=[CheckerboardEvaluator(2)])
+    assert "model" not in module.hparams and "evaluators" not in module.hparams
+    assert module.hparams.lr_schedule == "poly" and module.hparams.bn == "trained"
 
 
 def test_loss_ignores_255_and_survives_all_void_batches():
@@ -53,6 +110,11 @@ def test_loss_ignores_255_and_survives_all_void_batches():
     void = segmentation_loss(logits, torch.full((1, 2, 2), 255))
     assert void.item() == 0.0 and not torch.isnan(void)
     void.backward()  # still differentiable
+
+
+def test_head_modules_are_every_child_but_the_backbone():
+    assert SegmentationModule.head_modules(Toy()) == ["head"]
+    assert SegmentationModule.head_modules(nn.Sequential(nn.Conv2d(3, 3, 1))) == ["0"]
 
 
 def test_param_groups_head_multiplier_and_no_decay_on_bias_and_bn():
@@ -76,7 +138,7 @@ def test_lr_follows_global_step_and_resume_is_exact(tmp_path):
     full = SegmentationModule(Toy(), 3, lr=0.05, poly_power=0.9)
     init = {k: v.clone() for k, v in full.state_dict().items()}
     trainer(tmp_path / "a", 8).fit(full, toy_loader(), toy_loader())
-    assert full.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * poly_factor(7, 8, 0.9))
+    assert full.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * lr_factor(7, 8, "poly", 0.9))
 
     first = SegmentationModule(Toy(), 3, lr=0.05, poly_power=0.9)
     first.load_state_dict(init)
@@ -105,12 +167,23 @@ def test_validation_reports_fcn_metrics_and_eval_mode(tmp_path):
     assert val["eval_mode"] == "whole" and 0 <= val["miou"] <= 1
 
 
-def test_freeze_bn_keeps_running_statistics(tmp_path):
-    module = SegmentationModule(Toy(), 3, freeze_bn=True)
-    bn = module.model.backbone[1]
-    before = bn.running_mean.clone()
-    trainer(tmp_path, 2, limit_val_batches=0).fit(module, toy_loader())
-    assert torch.equal(bn.running_mean, before) and not bn.weight.requires_grad
+def test_frozen_bn_keeps_running_statistics_and_affine_parameters(tmp_path):
+    module = SegmentationModule(Toy(), 3, bn="frozen", lr=0.5)
+    bn, conv = module.model.backbone[1], module.model.backbone[0]
+    with torch.no_grad():  # not the init values, so a step would visibly move them
+        bn.weight.fill_(1.5), bn.bias.fill_(0.3), bn.running_mean.fill_(0.2), bn.running_var.fill_(2.0)
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    conv_before = conv.weight.detach().clone()
+    # validation in between: Lightning puts modules back in train mode afterwards
+    trainer(tmp_path, 3, val_check_interval=1, check_val_every_n_epoch=None).fit(
+        module, toy_loader(), toy_loader(n=2))
+    for k, v in bn.state_dict().items():
+        if k != "num_batches_tracked":
+            assert torch.equal(v, before[k]), f"{k} changed"
+    assert not bn.weight.requires_grad and not bn.training
+    assert not torch.equal(conv.weight, conv_before)  # the rest trained
+    groups = {g["name"]: g["params"] for g in module.configure_optimizers().param_groups}
+    assert len(groups["backbone_bias"]) == 1  # only the conv bias: BN has no trainable parameter
 
 
 def test_sliding_windows_cover_every_pixel():
@@ -127,15 +200,69 @@ def test_eval_modes_agree_for_a_per_pixel_model():
     conv = nn.Conv2d(3, 4, 1)
     model.forward = lambda x: {"out": conv(x)}
     x = torch.randn(2, 3, 13, 21)
-    whole = predict(model, x, "whole", 4)
+    logits = conv(x)
+    whole = predict_probs(model, x, "whole")
+    torch.testing.assert_close(whole, logits.softmax(1))
     # a 1x1 conv sees no context, so windows (even a padded, smaller-than-window image) change nothing
-    torch.testing.assert_close(predict_sliding(model, x, 4, crop=8, stride=5), whole)
-    torch.testing.assert_close(predict_sliding(model, x, 4, crop=32), whole)
+    torch.testing.assert_close(predict_sliding(model, x, crop=8, stride=5), logits)
+    torch.testing.assert_close(predict_sliding(model, x, crop=32), logits)
+    torch.testing.assert_close(predict_probs(model, x, "sliding", window=8, stride=5), whole)
     # one scale, no flip = softmax of the whole-image logits; a flip changes nothing either
-    torch.testing.assert_close(predict_multiscale(model, x, (1.0,), flip=False), whole.softmax(1))
-    torch.testing.assert_close(predict_multiscale(model, x, (1.0,), flip=True), whole.softmax(1))
-    with pytest.raises(ValueError, match="eval_mode"):
-        predict(model, x, "tta", 4)
+    torch.testing.assert_close(predict_multiscale(model, x, (1.0,), flip=False), whole)
+    torch.testing.assert_close(predict_probs(model, x, "ms_flip", scales=(1.0,), flip=True), whole)
+    with pytest.raises(ValueError, match="mode"):
+        predict_probs(model, x, "tta")
+    with pytest.raises(ValueError, match="window"):
+        predict_probs(model, x, "sliding")
+
+
+class PerPixel(nn.Module):
+    """Conv-free: a per-pixel linear map of the colour, so padding cannot change its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, x):
+        return {"out": torch.einsum("kc,nchw->nkhw", self.weight, x)}
+
+
+@pytest.mark.parametrize("mode,kwargs", [("whole", {}), ("whole", {"pad_to": 32}),
+                                         ("ms_flip", {"scales": (0.5, 1.0, 1.5), "flip": True}),
+                                         ("sliding", {"window": 8, "stride": 5})])
+def test_prediction_always_returns_probabilities(mode, kwargs):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    model = nn.Module()
+    model.forward = lambda x: {"out": conv(x) * 5}
+    x = torch.randn(2, 3, 13, 21)
+    probs = predict_probs(model, x, mode, **kwargs)
+    assert probs.shape == (2, 4, 13, 21) and probs.dtype == torch.float32
+    assert probs.min() >= 0
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 13, 21))
+
+
+def test_pad_to_pads_then_crops_back():
+    torch.manual_seed(0)
+    seen = []
+    per_pixel = PerPixel()
+    model = nn.Module()
+    model.forward = lambda x: (seen.append(tuple(x.shape[-2:])), per_pixel(x))[1]
+    x = torch.randn(2, 3, 13, 21)
+    padded = predict_probs(model, x, "whole", pad_to=32)
+    assert seen == [(32, 32)] and padded.shape == (2, 4, 13, 21)
+    torch.testing.assert_close(padded, per_pixel(x)["out"].softmax(1))  # padding changes nothing
+    predict_probs(model, x, "whole", pad_to=16)  # only the short side needs padding
+    assert seen[-1] == (16, 21)
+    # a model that sees context: the padded region (0 = the mean colour) now matters
+    conv = nn.Conv2d(3, 4, 5, padding=2)
+    ctx = nn.Module()
+    ctx.forward = lambda x: {"out": conv(x)}
+    pad = predict_probs(ctx, x, "whole", pad_to=32)
+    expected = conv(nn.functional.pad(x, (0, 11, 0, 19)))[..., :13, :21].softmax(1)
+    torch.testing.assert_close(pad, expected)
+    module = SegmentationModule(PerPixel(), 4, eval_pad_to=32)
+    torch.testing.assert_close(module.predict_probs(x), module.model(x)["out"].softmax(1))
 
 
 def test_eval_modes_differ_for_a_context_model():
@@ -144,7 +271,7 @@ def test_eval_modes_differ_for_a_context_model():
     model = nn.Module()
     model.forward = lambda x: {"out": conv(x)}
     x = torch.randn(1, 3, 20, 20)
-    assert not torch.allclose(predict_sliding(model, x, 4, crop=8, stride=4), predict(model, x, "whole", 4))
+    assert not torch.allclose(predict_sliding(model, x, crop=8, stride=4), conv(x))
 
 
 def test_dense_crf_cleans_noisy_probabilities():
@@ -161,9 +288,41 @@ def test_dense_crf_cleans_noisy_probabilities():
 
 
 def test_crf_results_reported_beside_plain(tmp_path):
-    module = SegmentationModule(Toy(), 3, crf=CRFParams(iterations=2))
-    trainer(tmp_path, 1).fit(module, toy_loader(4), toy_loader(4))
+    module = SegmentationModule(Toy(), 3, evaluators=[CRFEvaluator(CRFParams(iterations=2))])
+    t = trainer(tmp_path, 1)
+    t.fit(module, toy_loader(4))
+    t.validate(module, toy_loader(4), verbose=False)
     assert {"val", "val_crf"} <= set(module.last_metrics)
+    assert set(module.last_metrics["val_crf"]) == set(module.last_metrics["val"])
+    assert {"val/miou", "val_crf/miou", "val_crf/trimap_miou"} <= set(t.callback_metrics)
+
+
+def test_crf_evaluator_equals_hand_run_crf_and_confusion_matrix():
+    torch.manual_seed(0)
+    params = CRFParams(iterations=3, bi_xy_std=10, bi_rgb_std=5)
+    module = SegmentationModule(Toy(), 3, trimap_width=1,
+                                evaluators=[CRFEvaluator(params), CheckerboardEvaluator(2)])
+    module.eval()
+    batches = [toy_loader(n=2, size=10, seed=s).dataset.tensors for s in (1, 2)]
+    cm, cm_trimap, energies = confusion_matrix_metric(3), confusion_matrix_metric(3), []
+    with torch.no_grad():
+        for images, masks in batches:
+            module.validation_step((images, masks), 0)
+            probs = module.model(images)["out"].softmax(1)
+            rgb = denormalize(images, module.hparams.mean, module.hparams.std).numpy()
+            refined = np.stack([dense_crf(rgb[i], probs[i].numpy(), params) for i in range(len(rgb))])
+            pred = torch.from_numpy(refined).argmax(1)
+            cm.update(pred, masks)
+            cm_trimap.update(pred, trimap_target(masks, 1))
+            energies.append(checkerboard_energy(probs, 2))
+    module.log = lambda *a, **k: None  # no trainer to log to
+    module.on_validation_epoch_end()
+    expected = {**metrics_from_confusion(cm.compute()), "trimap_width": 1, "eval_mode": "whole",
+                "trimap_miou": metrics_from_confusion(cm_trimap.compute())["miou"]}
+    np.testing.assert_equal(module.last_metrics["val_crf"], expected)  # nan-aware, nested
+    assert module.last_metrics["val"]["checkerboard"] == pytest.approx(float(torch.cat(energies).mean()))
+    assert module.last_metrics["val"]["checkerboard_period"] == 2
+    assert "checkerboard" not in module.last_metrics["val_crf"]
 
 
 def test_trimap_reported_and_eval_output_stride_switches_only_for_evaluation(tmp_path):
