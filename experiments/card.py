@@ -107,6 +107,14 @@ def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
         if window is None:
             raise RecipeError("eval.mode='sliding' needs eval.window (no training crop to take it from)")
     recipe = dataclasses.replace(recipe, data=data, eval=dataclasses.replace(recipe.eval, window=window))
+    if task.name == "semantic":
+        from lightning_modules.inference import check_protocol
+
+        e = recipe.eval
+        try:
+            check_protocol(e.mode, e.scales, e.flip, e.window, e.stride, e.pad_to, prefix="eval.")
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
     accumulate = recipe.trainer.accumulate
     if run.batch_size is not None:
         per_device, global_batch = run.batch_size, run.batch_size * run.world * accumulate

@@ -90,7 +90,7 @@ def prediction_grid(out_dir: Path, variants: Sequence[str], seeds: Sequence[int]
         check_semantic(config)
     first = next(iter(configs.values()))
     for v, c in configs.items():
-        if c["resolved"]["data"] != first["resolved"]["data"]:
+        if c["recipe"]["data"] != first["recipe"]["data"]:
             warnings.warn(f"{v}: other data settings than the first variant; its column shows "
                           "predictions on the first variant's images", stacklevel=2)
     samples = validation_samples(first, num_images, indices, root)

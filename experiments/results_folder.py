@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,64 +57,43 @@ def _variants_on_disk(dataset_dir: Path) -> list[str]:
 
 
 def data_source(config: dict) -> dict:
-    """``{"kind": "synthetic"|"voc"|"ade20k", "root": str|None, "synthetic_task": str|None}``:
-    the config's ``data_source`` where recorded, else parsed from ``dataset``
-    (``synthetic_<task>[<N>px]-<preset>``, ``voc-<preset>``, ``ade20k-<preset>``)."""
-    if config.get("data_source"):
-        return {"root": None, "synthetic_task": None, **config["data_source"]}
-    dataset = config["dataset"]
-    match = re.fullmatch(r"synthetic_(.+?)(?:\d+px)?-[^-]+", dataset)
-    if match:
-        return {"kind": "synthetic", "root": None, "synthetic_task": match.group(1)}
-    return {"kind": dataset.split("-")[0], "root": None, "synthetic_task": None}
+    """``{"kind": "synthetic"|"voc"|"ade20k", "root": str|None, "synthetic_task": str|None}``
+    of a cell, from its recipe card."""
+    return dict(config["card"]["data_source"])
 
 
 def check_semantic(config: dict) -> None:
     """Raise :class:`GridUnavailable` unless the cell is a SegmentationModule checkpoint."""
-    from lightning_modules import RECIPES
-
-    model, task = config["resolved"]["model"], data_source(config).get("synthetic_task") or ""
-    if (config.get("task", "semantic") != "semantic" or model == "mask_rcnn"
-            or "instance" in task or model not in RECIPES):
-        raise GridUnavailable(f"{config.get('variant')}: model {model!r} on {config['dataset']!r} "
+    card = config["card"]
+    if card["task"] != "semantic":
+        raise GridUnavailable(f"{card['variant']}: model {card['model']!r} on {card['dataset']!r} "
                               "is not a semantic-segmentation cell")
 
 
 def load_cell(run_dir: Path, checkpoint: str = "last.ckpt", device: str = "cpu"):
-    """(module, config) of a finished cell: the cell's recipe :class:`SegmentationModule` in eval
-    mode, with the trained weights and the cell's hyperparameters (so ``predict_probs`` runs
-    its evaluation protocol); the plain ``nn.Module`` is ``module.model``."""
-    from lightning_modules import RECIPES
+    """(module, config) of a finished cell: a :class:`SegmentationModule` in eval mode with the
+    trained weights and the cell's hyperparameters (so ``predict_probs`` runs its evaluation
+    protocol); the plain ``nn.Module`` is ``module.model``."""
+    from lightning_modules.segmentation import SegmentationModule
     from models import build_model
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     check_semantic(config)
-    res = config["resolved"]
+    card = config["card"]
     ckpt = torch.load(run_dir / "checkpoints" / checkpoint, map_location="cpu", weights_only=True)
-    hparams = ckpt["hyper_parameters"]  # all of the module's arguments but the model
-    model = build_model(res["model"], hparams["num_classes"],
-                        **{**res["model_kwargs"], "pretrained": False})
+    hparams = ckpt["hyper_parameters"]  # all of the module's arguments but the model and evaluators
+    model = build_model(card["model"], hparams["num_classes"],
+                        **{**_tuples(card["model_kwargs"]), "width": card["width"], "pretrained": False})
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    module = RECIPES[res["model"]](model, **current_hparams(hparams))
+    module = SegmentationModule(model, **hparams)
     return module.to(device).eval(), config
 
 
-def current_hparams(hparams: dict) -> dict:
-    """Hyperparameters stored by an older ``SegmentationModule`` in today's arguments. The dense
-    CRF and the checkerboard statistic (now evaluators) do not change the predictions, and the
-    schedule is not needed to predict: they are dropped."""
-    hp = {k: v for k, v in hparams.items() if k not in ("crf", "checkerboard_period")}
-    if "freeze_bn" in hp:
-        hp["bn"] = "frozen" if hp.pop("freeze_bn") else "trained"
-    if "eval_crop" in hp:
-        hp["eval_window"] = hp.pop("eval_crop")
-    if hp.get("eval_mode", "whole") != "ms_flip":  # once recorded (and ignored) in every mode
-        hp.pop("eval_scales", None), hp.pop("eval_flip", None)
-    if hp.get("eval_mode") != "sliding":
-        hp.pop("eval_window", None), hp.pop("eval_stride", None)
-    return hp
+def _tuples(kwargs: dict) -> dict:
+    """JSON lists back to the tuples the model constructors document."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
 @dataclass
@@ -140,10 +118,12 @@ def validation_samples(config: dict, n: int = 4, indices: Sequence[int] | None =
     source = data_source(config)
     root = root or source.get("root")
     if source["kind"] != "synthetic" and root is None:
-        raise ValueError(f"{config['dataset']}: pass root= (the folder given as --data-root)")
-    dm = get_task("semantic").make_datamodule(source["kind"], root and os.fspath(root),
-                                               source["synthetic_task"], config["seed"],
-                                               config["resolved"]["data"])
+        raise ValueError(f"{config['card']['dataset']}: pass root= (the folder given as --data-root)")
+    from experiments.recipe import from_dict
+
+    data = from_dict(config["recipe"]).data
+    dm = get_task("semantic").dataset(source["kind"]).build(
+        root and os.fspath(root), source["synthetic_task"], config["card"]["seed"], data.val_batch_size, data)
     dm.setup("validate")
     count = len(dm.val_set)
     indices = list(range(min(n, count))) if indices is None else [int(i) for i in indices]
@@ -201,6 +181,7 @@ def load_rows(dataset_dir: Path, metric_key: str = "val") -> list[dict]:
     collected by :func:`experiments.table.collect_rows` (all recorded metrics, mean/std/values
     over seeds), with the paper's numbers, Δ and missing seeds taken from ``results.csv`` (or
     ``results_crf.csv``), which the runner wrote with the ablation at hand."""
+    from experiments.recipe import Recipe
     from experiments.spec import Ablation, Variant
     from experiments.table import collect_rows
 
@@ -210,10 +191,10 @@ def load_rows(dataset_dir: Path, metric_key: str = "val") -> list[dict]:
                for v in variants}
     first = next(iter(configs.values()), {})
     ablation = Ablation(
-        name=first.get("ablation", dataset_dir.parent.name), title="", paper_data="",
-        synthetic_task="",
-        variants={v: Variant(c["resolved"]["model"]) for v, c in configs.items()},
-        task=first.get("task", "semantic"))
+        name=first["card"]["ablation"] if first else dataset_dir.parent.name, title="", paper_data="",
+        synthetic_task="", paper=Recipe(),
+        variants={v: Variant(c["card"]["model"]) for v, c in configs.items()},
+        task=first["card"]["task"] if first else "semantic")
     rows = collect_rows(ablation, variants, [], dataset_dir, metric_key)
     table = "results.csv" if metric_key == "val" else f"results_{metric_key[4:]}.csv"  # val_crf
     by_variant = {r["variant"]: r for r in _read_csv(dataset_dir / table)}

@@ -138,12 +138,17 @@ def command_line_changes(p: argparse.ArgumentParser, args: argparse.Namespace) -
         put("trainer", "channels_last", True)
     if args.pretrained is not None:
         put(None, "pretrained", {"true": True, "false": False}.get(args.pretrained.lower(), args.pretrained))
-    if args.eval_mode == "ms_flip":  # the named protocol: scales 0.5-1.75 and flips (DeepLab v3)
+    # a named protocol, whole: scales 0.5-1.75 and flips for ms_flip (DeepLab v3 Table 6), the
+    # training crop as the window for sliding; no padding for either
+    if args.eval_mode == "ms_flip":
         from lightning_modules.inference import DEFAULT_SCALES
 
-        changes.setdefault("eval", {}).update(mode="ms_flip", scales=DEFAULT_SCALES, flip=True)
-    elif args.eval_mode is not None:
-        put("eval", "mode", args.eval_mode)
+        changes["eval"] = {"mode": "ms_flip", "scales": DEFAULT_SCALES, "flip": True, "pad_to": None,
+                           "window": None, "stride": None}
+    elif args.eval_mode == "sliding":
+        changes["eval"] = {"mode": "sliding", "scales": (1.0,), "flip": False, "pad_to": None}
+    elif args.eval_mode == "whole":
+        changes["eval"] = {"mode": "whole", "scales": (1.0,), "flip": False, "window": None, "stride": None}
     crf = parse_crf_params(p, args.crf_param)
     if args.crf:
         put("eval", "crf", crf)

@@ -78,7 +78,7 @@ def collect_rows(ablation: Ablation, variants: list[str], seeds: list[int], data
             "mean": mean, "std": std, "n": len(have),
             "seeds": sorted(c["seed"] for c in have), "missing_seeds": missing,
             "paper_value": lead.value if lead else None,
-            "paper_ref": lead.reference if lead else "",
+            "paper_ref": lead.source if lead else "",
             "delta": (mean * scale - lead.value) if (lead and mean is not None) else None,
             "metrics": metrics, "paper": {m: p.value for m, p in paper.items()},
             "params": first.get("params"), "gflops": first.get("gflops"),
