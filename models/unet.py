@@ -23,7 +23,7 @@ Knobs:
   resize modes crop the two border pixels whose bilinear value would be extrapolated, so no
   output ever depends on padding and overlap-tiling stays exact.
 - ``pretrained``: accepted for the common model signature; only ``False`` (the paper trains
-  from scratch, there is no ImageNet encoder).
+  from scratch, there is no ImageNet encoder, hence ``backbone = None``).
 - ``batch_norm``: BN after each 3×3 conv (not in the paper). ``dropout``: the paper's "drop-out
   layers at the end of the contracting path" (Sec. 3.1): after the bottleneck; the paper gives
   no rate, so the default 0 leaves it off.
@@ -174,6 +174,9 @@ class UpConv(nn.Sequential):
 
 class UNet(nn.Module):
     """U-Net of Fig. 1; see the module docstring for the knobs and the valid-padding contract."""
+
+    backbone = None  # trained from scratch: no ImageNet-pretrained part
+    has_aux_head = False
 
     def __init__(
         self,

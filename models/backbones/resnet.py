@@ -22,8 +22,10 @@ Knobs:
   ResNet-v1s, the same 64-64-128 stem and stride-in-3×3 bottleneck as PSPNet's ResNet; the
   authors' own Caffe ImageNet weights are not available in timm).
 
-:class:`ResNetBackbone` returns the four stage outputs ``[layer1 (stride 4), layer2 (stride 8),
-layer3, layer4]``; ``channels`` lists their widths and ``output_stride`` the last one's stride.
+:class:`ResNetBackbone` returns the four stage outputs by name, ``{"layer1": stride 4, "layer2":
+stride 8, "layer3", "layer4"}`` (torchvision's and timm's stage names; the stem's output is only
+layer1's input); ``channels`` and ``stage_strides`` map the same names to widths and strides, and
+``output_stride`` is layer4's stride.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ LAYERS: dict[int, tuple[int, int, int, int]] = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
+STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def timm_resnet_name(depth: int, deep_stem: bool) -> str:
@@ -53,7 +56,7 @@ def _set_dilation(conv: nn.Conv2d, rate: int) -> None:
 
 
 class ResNetBackbone(nn.Module):
-    """Bottleneck ResNet without its classifier, returning the four stage outputs."""
+    """Bottleneck ResNet without its classifier, returning the four stage outputs by name."""
 
     def __init__(
         self,
@@ -92,7 +95,7 @@ class ResNetBackbone(nn.Module):
         base_rate = self.layer4[0].dilation
         for block, grid in zip(self.layer4, multi_grid, strict=True):
             _set_dilation(block.conv2, base_rate * grid)
-        self.channels = [layer[-1].conv3.out_channels for layer in self.stages()]
+        self.channels = {name: getattr(self, name)[-1].conv3.out_channels for name in STAGES}
         self.output_stride = output_stride
         self.depth, self.deep_stem, self.multi_grid = depth, deep_stem, tuple(multi_grid)
 
@@ -120,15 +123,17 @@ class ResNetBackbone(nn.Module):
                 _set_dilation(block.conv2, rate * g)
         self.output_stride = output_stride
 
-    def stages(self) -> list[nn.Sequential]:
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
+    @property
+    def stage_strides(self) -> dict[str, int]:
+        """Stride of each stage's output: 4, 8, then 16 and 32 unless dilated away."""
+        os_ = self.output_stride
+        return {"layer1": 4, "layer2": 8, "layer3": min(16, os_), "layer4": os_}
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        feats = []
-        for layer in self.stages():
-            x = layer(x)
-            feats.append(x)
+        feats: dict[str, torch.Tensor] = {}
+        for name in STAGES:
+            x = feats[name] = getattr(self, name)(x)
         return feats
 
 
