@@ -336,3 +336,30 @@ def test_set_output_stride_needs_a_resnet():
     with pytest.raises(NotImplementedError, match="ResNet"):
         model.set_output_stride(8)
 
+
+# ---------------------------------------------------------------- width 1/4, plain and deep stems
+@pytest.mark.parametrize("deep_stem", [False, True], ids=["plain-stem", "deep-stem"])
+def test_resnet_quarter_width_first_block_projects_the_stem(deep_stem):
+    """At width 1/4 layer1 is 16 × 4 = 64 wide, timm's fixed 7×7 stem width, so timm builds no
+    projection shortcut; the scaled 16-channel plain stem needs one (it used to crash here)."""
+    backbone = dilated_resnet(50, 8, deep_stem=deep_stem, width=0.25)
+    first = backbone.layer1[0]
+    stem_out = 32 if deep_stem else 16  # deep stem: 16, 16, 32 channels
+    assert first.conv1.in_channels == first.downsample[0].in_channels == stem_out
+    assert first.downsample[0].out_channels == backbone.channels["layer1"] == 64
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("deeplab_v2", dict(backbone="resnet50")),  # plain 7×7 stem
+        ("deeplab_v3", dict(backbone="resnet50")),
+        ("deeplab_v3plus", dict(backbone="resnet50")),
+        ("pspnet", dict(backbone="resnet50")),  # deep 3×3 stem
+    ],
+    ids=str,
+)
+def test_resnet_models_at_quarter_width(name, kwargs):
+    from models import build_model
+
+    check_segmentation_model(build_model(name, NC, width=0.25, **kwargs), NC, (2, 3, 33, 41))

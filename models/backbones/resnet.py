@@ -31,7 +31,7 @@ layer1's input); ``channels`` and ``stage_strides`` map the same names to widths
 from __future__ import annotations
 
 import torch
-from timm.models.resnet import Bottleneck, ResNet
+from timm.models.resnet import Bottleneck, ResNet, downsample_conv
 from torch import nn
 
 from models.blocks import scale_channels
@@ -138,12 +138,18 @@ class ResNetBackbone(nn.Module):
 
 
 def _scale_plain_stem(net: ResNet, stem: int) -> ResNet:
-    """timm fixes the 7×7 stem at 64 channels; give it ``stem`` channels for ``width != 1``."""
+    """timm fixes the 7×7 stem at 64 channels; give it ``stem`` channels for ``width != 1``.
+
+    The first block then takes ``stem`` channels, so its projection shortcut is rebuilt too.
+    timm builds none when layer1's output happens to be 64 wide (width 1/4: 16 planes × 4 = 64,
+    equal to its fixed stem), but a ``stem``-channel input needs one: a fresh ``downsample_conv``
+    (1×1 conv + BN), timm's own projection, replaces whatever was there.
+    """
     net.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
     net.bn1 = nn.BatchNorm2d(stem)
     first = net.layer1[0]
     first.conv1 = nn.Conv2d(stem, first.conv1.out_channels, 1, bias=False)
-    first.downsample[0] = nn.Conv2d(stem, first.downsample[0].out_channels, 1, bias=False)
+    first.downsample = downsample_conv(stem, first.conv3.out_channels, 1)
     for conv in (net.conv1, first.conv1, first.downsample[0]):
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return net
