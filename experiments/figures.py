@@ -10,11 +10,10 @@
   prediction of each variant's first finished seed, in the dataset's palette with void (255)
   white, under the evaluation protocol each cell was evaluated with (named in the titles).
 
-The loaders (``finished_cells``, ``load_cell``, ``validation_samples``, ``predict_masks``,
-``load_rows``) are what ``notebooks/*.ipynb`` use to look at any results folder; they live in
-:mod:`experiments.results_folder`, the palette (``colorize``, ``decolorize``,
-``difference_map``) in :mod:`experiments.palette`. Both are re-exported here, so
-``from experiments.figures import X`` works for all of them.
+The results-folder loaders (``finished_cells``, ``load_cell``, ``validation_samples``,
+``predict_masks``, ``load_rows``) live in :mod:`experiments.results_folder` and the palette
+(``colorize``, ``decolorize``, ``difference_map``) in :mod:`experiments.palette`; the notebooks
+import them from there.
 """
 
 from __future__ import annotations
@@ -33,29 +32,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from datamodules.constants import IGNORE_INDEX
-from experiments.palette import VOID_COLOR, colorize, decolorize, difference_map
+from experiments.palette import colorize
 from experiments.results_folder import (
     GridUnavailable,
-    Samples,
     check_semantic,
-    data_source,
     finished_cells,
     load_cell,
-    load_rows,
     predict_masks,
     validation_samples,
 )
-
-__all__ = [
-    # experiments.palette
-    "VOID_COLOR", "colorize", "decolorize", "difference_map",
-    # experiments.results_folder
-    "GridUnavailable", "Samples", "finished_cells", "data_source", "check_semantic", "load_cell",
-    "validation_samples", "predict_masks", "load_rows",
-    # the figures (this module)
-    "FLAT_METRICS", "prediction_grid", "metric_series", "metric_label", "bar_charts",
-    "write_figures",
-]
 
 FLAT_METRICS = ("miou", "pixel_acc", "mean_acc", "fwiou")  # rows of tables before "metrics"
 _FRACTION = re.compile(r"iou|acc|(^|_)ap\d*($|_)|dice|f1|precision|recall")

@@ -4,8 +4,8 @@ validation samples, predictions and the table's rows.
 ``<results>/<ablation>/<dataset>-<preset>/<variant>/seed<k>/`` as written by
 :mod:`experiments.cell`. These loaders (``finished_cells``, ``load_cell``,
 ``validation_samples``, ``predict_masks``, ``load_rows``) are what ``notebooks/*.ipynb`` use to
-look at any results folder; :mod:`experiments.figures` draws from them (and re-exports them),
-:mod:`experiments.palette` colours the masks.
+look at any results folder; :mod:`experiments.figures` draws from them, :mod:`experiments.palette`
+colours the masks.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,24 +56,11 @@ def _variants_on_disk(dataset_dir: Path) -> list[str]:
     return list(dict.fromkeys([v for v in in_csv if v in on_disk] + on_disk))
 
 
-def data_source(config: dict) -> dict:
-    """``{"kind": "synthetic"|"voc"|"ade20k", "root": str|None, "synthetic_task": str|None}``:
-    the config's ``data_source`` where recorded, else parsed from ``dataset``
-    (``synthetic_<task>[<N>px]-<preset>``, ``voc-<preset>``, ``ade20k-<preset>``)."""
-    if config.get("data_source"):
-        return {"root": None, "synthetic_task": None, **config["data_source"]}
-    dataset = config["dataset"]
-    match = re.fullmatch(r"synthetic_(.+?)(?:\d+px)?-[^-]+", dataset)
-    if match:
-        return {"kind": "synthetic", "root": None, "synthetic_task": match.group(1)}
-    return {"kind": dataset.split("-")[0], "root": None, "synthetic_task": None}
-
-
 def check_semantic(config: dict) -> None:
     """Raise :class:`GridUnavailable` unless the cell is a SegmentationModule checkpoint."""
     from lightning_modules import RECIPES
 
-    model, task = config["resolved"]["model"], data_source(config).get("synthetic_task") or ""
+    model, task = config["resolved"]["model"], config["data_source"]["synthetic_task"] or ""
     if (config.get("task", "semantic") != "semantic" or model == "mask_rcnn"
             or "instance" in task or model not in RECIPES):
         raise GridUnavailable(f"{config.get('variant')}: model {model!r} on {config['dataset']!r} "
@@ -121,7 +107,7 @@ def validation_samples(config: dict, n: int = 4, indices: Sequence[int] | None =
     from its config; real datasets need ``root`` where the config records none."""
     from experiments.tasks import get_task
 
-    source = data_source(config)
+    source = config["data_source"]  # {"kind", "root", "synthetic_task"}, as the runner records it
     root = root or source.get("root")
     if source["kind"] != "synthetic" and root is None:
         raise ValueError(f"{config['dataset']}: pass root= (the folder given as --data-root)")

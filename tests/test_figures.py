@@ -1,4 +1,5 @@
-"""Figures of a results folder (experiments/figures.py) and their W&B logging."""
+"""Figures of a results folder (experiments/figures.py), the loaders and palette they use
+(experiments/results_folder.py, experiments/palette.py) and their W&B logging."""
 
 from __future__ import annotations
 
@@ -14,22 +15,15 @@ from matplotlib.image import imread
 from datamodules.ade20k import ADE20K_PALETTE
 from datamodules.synthetic import SYNTHETIC_DATAMODULES
 from datamodules.voc import VOC_PALETTE
-from experiments.figures import (
-    VOID_COLOR,
+from experiments.figures import bar_charts, metric_series, prediction_grid, write_figures
+from experiments.palette import VOID_COLOR, colorize, decolorize, difference_map
+from experiments.results_folder import (
     GridUnavailable,
-    bar_charts,
-    colorize,
-    data_source,
-    decolorize,
-    difference_map,
     finished_cells,
     load_cell,
     load_rows,
-    metric_series,
     predict_masks,
-    prediction_grid,
     validation_samples,
-    write_figures,
 )
 from lightning_modules.metrics import metrics_from_confusion
 from tests.notebooks import tiny_results
@@ -85,15 +79,6 @@ def test_difference_map_says_who_is_right():
     assert tuple(out[0, 2]) == (255, 127, 14)       # only B right
     assert tuple(out[0, 3]) == VOID_COLOR
     assert tuple(difference_map([[1]], [[2]], [[0]])[0, 0]) == (214, 39, 40)  # both wrong
-
-
-def test_data_source_from_config_or_dataset_name():
-    recorded = {"kind": "voc", "root": "/data", "synthetic_task": "thin"}
-    assert data_source({"dataset": "voc-paper", "data_source": recorded}) == recorded
-    assert data_source({"dataset": "synthetic_multiscale320px-smoke"}) == {
-        "kind": "synthetic", "root": None, "synthetic_task": "multiscale"}
-    assert data_source({"dataset": "synthetic_thin-paper"})["synthetic_task"] == "thin"
-    assert data_source({"dataset": "ade20k-paper"})["kind"] == "ade20k"
 
 
 # --------------------------------------------------------------------------- bar charts
