@@ -58,14 +58,4 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     return _BUILDERS[name](num_classes=num_classes, **kwargs)
 
 
-__all__ = [
-    "FCN",
-    "DeepLabLargeFOV",
-    "DeepLabV2",
-    "DeepLabV3",
-    "DeepLabV3Plus",
-    "PSPNet",
-    "UNet",
-    "available_models",
-    "build_model",
-]
+__all__ = ["available_models", "build_model"]

@@ -41,7 +41,7 @@ border, where tiles see mirrored image content and ``forward`` sees zero padding
 
 No ``output_stride`` is declared: U-Net predicts at full resolution, and in valid mode its
 bottleneck is not at a fixed stride of the input (572 → 28), so there is no ``features()``.
-Loss weights of Eq. 2 are :func:`models.unet_weights.unet_weight_map`, re-exported here.
+The loss weights of Eq. 2 are :func:`models.unet_weights.unet_weight_map`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.blocks import ConvBNReLU, scale_channels
-from models.unet_weights import unet_weight_map
 
 PADDINGS = ("valid", "same")
 UPSAMPLINGS = ("transposed", "resize_conv", "bilinear")
@@ -351,7 +350,6 @@ __all__ = [
     "UNet",
     "mirror_pad",
     "overlap_tile_predict",
-    "unet_weight_map",
     "valid_input_size",
     "valid_output_size",
 ]
