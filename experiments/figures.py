@@ -42,7 +42,6 @@ from experiments.results_folder import (
     validation_samples,
 )
 
-FLAT_METRICS = ("miou", "pixel_acc", "mean_acc", "fwiou")  # rows of tables before "metrics"
 _FRACTION = re.compile(r"iou|acc|(^|_)ap\d*($|_)|dice|f1|precision|recall")
 
 
@@ -117,18 +116,12 @@ def prediction_grid(out_dir: Path, variants: Sequence[str], seeds: Sequence[int]
 
 def metric_series(rows: list[dict]) -> dict[str, list[dict]]:
     """Per metric key, per row: ``{"variant", "mean", "std", "values", "n", "paper"}``, from the
-    rows' ``metrics``/``paper`` dicts or, for older rows, the flat table keys."""
+    rows' ``metrics``/``paper`` dicts (:func:`experiments.table.collect_rows`)."""
     per_row = []
     for row in rows:
-        if "metrics" in row:
-            items = {k: (m.get("mean"), m.get("std"), list(m.get("values") or []))
-                     for k, m in row["metrics"].items()}
-            paper = dict(row.get("paper") or {})
-        else:
-            items = {"miou": (row.get("miou_mean"), row.get("miou_std"), [])}
-            items |= {k: (row.get(k), None, []) for k in FLAT_METRICS[1:] if k in row}
-            paper = {"miou": row["paper_miou"]} if row.get("paper_miou") is not None else {}
-        per_row.append((row, items, paper))
+        items = {k: (m.get("mean"), m.get("std"), list(m.get("values") or []))
+                 for k, m in row["metrics"].items()}
+        per_row.append((row, items, dict(row.get("paper") or {})))
     keys = dict.fromkeys(k for _, items, _ in per_row for k in items)
     out: dict[str, list[dict]] = {}
     for key in keys:  # a variant without the metric (e.g. not run yet) shows as missing

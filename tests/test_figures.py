@@ -103,16 +103,8 @@ def test_bar_chart_from_hand_made_rows_marks_the_paper(tmp_path):
     # the paper's tick is drawn: the two mIoU charts differ, the checkerboard ones do not
     assert not np.array_equal(imread(with_paper[0]), imread(without[0]))
     np.testing.assert_array_equal(imread(with_paper[1]), imread(without[1]))
-
-
-def test_bar_chart_from_flat_rows_of_older_tables(tmp_path):
-    rows = [{"variant": "32s", "miou_mean": 0.5, "miou_std": 0.01, "n": 3, "paper_miou": 59.4,
-             "pixel_acc": 0.9, "mean_acc": 0.6, "fwiou": 0.8}]
-    series = metric_series(rows)
-    assert list(series) == ["miou", "pixel_acc", "mean_acc", "fwiou"]
-    assert series["miou"][0] | {"values": None} == {
-        "variant": "32s", "mean": 0.5, "std": 0.01, "values": None, "n": 3, "paper": 59.4}
-    paths = bar_charts(rows, tmp_path, "flat", metrics=["miou"], suffix="_crf")
+    # a chosen metric, file names suffixed (the CRF evaluation's charts)
+    paths = bar_charts(_rows(65.76), tmp_path / "c", "crf", metrics=["miou"], suffix="_crf")
     assert [p.name for p in paths] == ["bar_miou_crf.png"] and _png(paths[0])
 
 
