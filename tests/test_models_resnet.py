@@ -245,7 +245,7 @@ def test_deeplab_v3_head_matches_torchvision():
         torch.testing.assert_close(model(x)["out"], expected)
 
 
-# ---------------------------------------------------------------- parameter counts, paper_tables.md
+# ---------------------------------------------------------------- parameter counts of the papers' models
 @pytest.mark.parametrize(
     "build,with_aux,without_aux",
     [

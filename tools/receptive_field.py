@@ -8,12 +8,14 @@ especially on high-level layers" and answers with global pyramid pooling; DeepLa
 The measurements live in two modules; import them from there:
 
 - :mod:`tools.rf_theory` — the **theoretical receptive field** (RF), the input pixels a unit
-  depends on at all: :func:`stack_receptive_field` (textbook arithmetic over a sequential stack)
-  and :func:`model_receptive_field` (exact for any model, via the gradient support of a
-  linearised copy), the output stride, and why DeepLab v1's Table 2 says 224 for LargeFOV.
+  depends on at all: :func:`~tools.rf_theory.stack_receptive_field` (textbook arithmetic over a
+  sequential stack) and :func:`~tools.rf_theory.model_receptive_field` (exact for any model,
+  via the gradient support of a linearised copy), the output stride, and why DeepLab v1's
+  Table 2 says 224 for LargeFOV.
 - :mod:`tools.rf_effective` — the **effective receptive field** (ERF, Luo et al., NeurIPS
-  2016): :func:`effective_receptive_field`, the mean ``|∂y_centre/∂x|`` map and the side of the
-  centred square holding 95 % of it; :func:`load_lightning_weights` for trained weights.
+  2016): :func:`~tools.rf_effective.effective_receptive_field`, the mean ``|∂y_centre/∂x|``
+  map and the side of the centred square holding 95 % of it;
+  :func:`~tools.rf_effective.load_lightning_weights` for trained weights.
 
 This module holds the study below: the model list, the table, the ERF maps and the CLI.
 

@@ -13,8 +13,9 @@ Knobs:
   get rates ``base_rate × multi_grid[i]``, e.g. OS 16 and (1, 2, 4) give (2, 4, 8).
 - ``deep_stem`` — PSPNet's ResNet (hszhao/semseg ``deep_base``): three 3×3 convs of 64, 64, 128
   channels replace the 7×7 conv (timm's ResNet-S, ``stem_type='deep'``, ``stem_width=64``).
-  These widths reproduce the 46.78M parameters computed for PSPNet-R50 (paper_tables.md);
-  timm's ResNet-C stem (32, 32, 64) would not.
+  These widths reproduce the 46.78M parameters of PSPNet-R50 without its auxiliary head
+  (``tests/test_models_resnet.py::test_parameter_counts``); timm's ResNet-C stem (32, 32, 64)
+  would not.
 - ``width`` — scales every channel count (stem included), keeping the topology.
 - ``pretrained`` — see :mod:`models.pretrained`. Weight sources (timm): the 7×7 stem uses the
   torchvision ImageNet weights ``resnet{50,101,152}.tv_in1k``, as the PyTorch DeepLab
