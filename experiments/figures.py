@@ -10,11 +10,10 @@
   prediction of each variant's first finished seed, in the dataset's palette with void (255)
   white, under the evaluation protocol each cell was evaluated with (named in the titles).
 
-The loaders (``finished_cells``, ``load_cell``, ``validation_samples``, ``predict_masks``,
-``load_rows``) are what ``notebooks/*.ipynb`` use to look at any results folder; they live in
-:mod:`experiments.results_folder`, the palette (``colorize``, ``decolorize``,
-``difference_map``) in :mod:`experiments.palette`. Both are re-exported here, so
-``from experiments.figures import X`` works for all of them.
+The results-folder loaders (``finished_cells``, ``load_cell``, ``validation_samples``,
+``predict_masks``, ``load_rows``) live in :mod:`experiments.results_folder` and the palette
+(``colorize``, ``decolorize``, ``difference_map``) in :mod:`experiments.palette`; the notebooks
+import them from there.
 """
 
 from __future__ import annotations
@@ -33,31 +32,16 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from datamodules.constants import IGNORE_INDEX
-from experiments.palette import VOID_COLOR, colorize, decolorize, difference_map
+from experiments.palette import colorize
 from experiments.results_folder import (
     GridUnavailable,
-    Samples,
     check_semantic,
-    data_source,
     finished_cells,
     load_cell,
-    load_rows,
     predict_masks,
     validation_samples,
 )
 
-__all__ = [
-    # experiments.palette
-    "VOID_COLOR", "colorize", "decolorize", "difference_map",
-    # experiments.results_folder
-    "GridUnavailable", "Samples", "finished_cells", "data_source", "check_semantic", "load_cell",
-    "validation_samples", "predict_masks", "load_rows",
-    # the figures (this module)
-    "FLAT_METRICS", "prediction_grid", "metric_series", "metric_label", "bar_charts",
-    "write_figures",
-]
-
-FLAT_METRICS = ("miou", "pixel_acc", "mean_acc", "fwiou")  # rows of tables before "metrics"
 _FRACTION = re.compile(r"iou|acc|(^|_)ap\d*($|_)|dice|f1|precision|recall")
 
 
@@ -132,18 +116,12 @@ def prediction_grid(out_dir: Path, variants: Sequence[str], seeds: Sequence[int]
 
 def metric_series(rows: list[dict]) -> dict[str, list[dict]]:
     """Per metric key, per row: ``{"variant", "mean", "std", "values", "n", "paper"}``, from the
-    rows' ``metrics``/``paper`` dicts or, for older rows, the flat table keys."""
+    rows' ``metrics``/``paper`` dicts (:func:`experiments.table.collect_rows`)."""
     per_row = []
     for row in rows:
-        if "metrics" in row:
-            items = {k: (m.get("mean"), m.get("std"), list(m.get("values") or []))
-                     for k, m in row["metrics"].items()}
-            paper = dict(row.get("paper") or {})
-        else:
-            items = {"miou": (row.get("miou_mean"), row.get("miou_std"), [])}
-            items |= {k: (row.get(k), None, []) for k in FLAT_METRICS[1:] if k in row}
-            paper = {"miou": row["paper_miou"]} if row.get("paper_miou") is not None else {}
-        per_row.append((row, items, paper))
+        items = {k: (m.get("mean"), m.get("std"), list(m.get("values") or []))
+                 for k, m in row["metrics"].items()}
+        per_row.append((row, items, dict(row.get("paper") or {})))
     keys = dict.fromkeys(k for _, items, _ in per_row for k in items)
     out: dict[str, list[dict]] = {}
     for key in keys:  # a variant without the metric (e.g. not run yet) shows as missing

@@ -1,7 +1,6 @@
 """Class-index masks as colours: the dataset palette with void (255) white, and its inverse.
 
-Used by the prediction grid of :mod:`experiments.figures` (which re-exports these names) and by
-the notebooks; :mod:`experiments.results_folder` loads the cells and samples they colour.
+Used by the prediction grid of :mod:`experiments.figures` and by the notebooks; :mod:`experiments.results_folder` loads the cells and samples they colour.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ validation samples, predictions and the table's rows.
 ``<results>/<ablation>/<dataset>-<preset>/<variant>/seed<k>/`` as written by
 :mod:`experiments.cell`. These loaders (``finished_cells``, ``load_cell``,
 ``validation_samples``, ``predict_masks``, ``load_rows``) are what ``notebooks/*.ipynb`` use to
-look at any results folder; :mod:`experiments.figures` draws from them (and re-exports them),
-:mod:`experiments.palette` colours the masks.
+look at any results folder; :mod:`experiments.figures` draws from them, :mod:`experiments.palette`
+colours the masks.
 """
 
 from __future__ import annotations
@@ -54,12 +54,6 @@ def _variants_on_disk(dataset_dir: Path) -> list[str]:
     on_disk = sorted(p.parent.parent.name for p in dataset_dir.glob("*/seed*/config.json"))
     in_csv = [r["variant"] for r in _read_csv(dataset_dir / "results.csv")]
     return list(dict.fromkeys([v for v in in_csv if v in on_disk] + on_disk))
-
-
-def data_source(config: dict) -> dict:
-    """``{"kind": "synthetic"|"voc"|"ade20k", "root": str|None, "synthetic_task": str|None}``
-    of a cell, from its recipe card."""
-    return dict(config["card"]["data_source"])
 
 
 def check_semantic(config: dict) -> None:
@@ -115,7 +109,7 @@ def validation_samples(config: dict, n: int = 4, indices: Sequence[int] | None =
     from its config; real datasets need ``root`` where the config records none."""
     from experiments.tasks import get_task
 
-    source = data_source(config)
+    source = config["card"]["data_source"]  # {"kind", "root", "synthetic_task"}, as the runner records it
     root = root or source.get("root")
     if source["kind"] != "synthetic" and root is None:
         raise ValueError(f"{config['card']['dataset']}: pass root= (the folder given as --data-root)")

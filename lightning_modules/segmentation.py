@@ -118,7 +118,7 @@ class SegmentationModule(L.LightningModule):
     def pixel_weights(self, masks: torch.Tensor) -> torch.Tensor | None:
         if not self.hparams.border_weight:
             return None
-        from models.unet import unet_weight_map
+        from models.unet_weights import unet_weight_map
 
         maps = [unet_weight_map(m.cpu(), ignore_index=IGNORE_INDEX) for m in masks]
         return torch.stack(maps).to(masks.device, torch.float32)

@@ -5,7 +5,13 @@ one entry point the training code and the experiment scripts use; the keyword ar
 papers' knobs (``atrous_rates``, ``bins``, ``pooling``, ``reduction``, ``output_stride``,
 ``multi_grid``, ``low_level_channels``, ...) plus the common ``backbone``, ``pretrained`` and
 ``width``. Every model's ``forward(x)`` returns ``{"out": logits at x's H x W}`` and, where the
-paper has an auxiliary head, ``"aux"``.
+paper has an auxiliary head, ``"aux"``. Mask R-CNN is the exception: torchvision's detection
+interface (losses in training, per-image detections in eval).
+
+Every semantic model declares what the training code needs to know, so that no table keyed by
+model name has to mirror this package: ``backbone``, the ImageNet-pretrained part (``None`` for
+U-Net, trained from scratch), and ``has_aux_head``, True exactly when ``forward`` also returns
+``"aux"`` (PSPNet with ``aux=True``).
 
 A plain dict maps names to builders (no string registry decorators, no config inheritance), so
 "go to definition" on any entry lands on the paper-faithful code.
@@ -73,17 +79,4 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     return make(num_classes=num_classes, **kwargs)
 
 
-__all__ = [
-    "FCN",
-    "DeepLabLargeFOV",
-    "DeepLabV2",
-    "DeepLabV3",
-    "DeepLabV3Plus",
-    "PSPNet",
-    "UNet",
-    "available_models",
-    "build_model",
-    "builder",
-    "builder_accepts",
-    "builder_parameters",
-]
+__all__ = ["available_models", "build_model", "builder", "builder_accepts", "builder_parameters"]

@@ -83,6 +83,8 @@ def _upsample_to(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class DeepLabLargeFOV(nn.Module):
     """DeepLab v1 LargeFOV (VGG16); ``forward`` returns ``{"out": N×classes×H×W}``."""
 
+    has_aux_head = False
+
     def __init__(
         self,
         num_classes: int = 21,
@@ -121,6 +123,8 @@ class DeepLabLargeFOV(nn.Module):
 class DeepLabV2(nn.Module):
     """DeepLab v2 with ASPP (sum of per-rate class scores); ``forward`` returns ``{"out"}``."""
 
+    has_aux_head = False
+
     def __init__(
         self,
         num_classes: int = 21,
@@ -142,7 +146,8 @@ class DeepLabV2(nn.Module):
             self.backbone = dilated_resnet(
                 RESNET_DEPTHS[backbone], output_stride=8, width=width, pretrained=pretrained
             )
-            in_ch = self.backbone.channels[-1]
+            self.feature_stage = "layer4"
+            in_ch = self.backbone.channels[self.feature_stage]
             self.branches = nn.ModuleList(
                 _classifier(in_ch, num_classes, 3, r) for r in atrous_rates
             )
@@ -150,7 +155,8 @@ class DeepLabV2(nn.Module):
             state = load_timm_state_dict(pretrained, vgg16_timm_name(batch_norm), width)  # fail fast
             self.backbone = VGG16(width=width, dilated=True, include_fc=False, batch_norm=batch_norm)
             fc = scale_channels(fc_channels, width)
-            in_ch = self.backbone.channels["pool5"]
+            self.feature_stage = "pool5"
+            in_ch = self.backbone.channels[self.feature_stage]
             self.branches = nn.ModuleList(
                 VGGBranch(in_ch, fc, num_classes, r, 3, dropout) for r in atrous_rates
             )
@@ -162,14 +168,12 @@ class DeepLabV2(nn.Module):
             raise ValueError(
                 f"backbone must be 'vgg16', 'resnet50' or 'resnet101', got {backbone!r}"
             )
-        self.backbone_name = backbone
         self.atrous_rates = atrous_rates
         self.output_stride = 8
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The stride-8 map the ASPP branches share (pool5 for VGG16, layer4 for ResNet)."""
-        feats = self.backbone(x)
-        return feats["pool5"] if self.backbone_name == "vgg16" else feats[-1]
+        return self.backbone(x)[self.feature_stage]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.features(x)

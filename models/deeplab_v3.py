@@ -23,6 +23,11 @@ stem, torchvision ImageNet weights) and ``"xception65"`` (:mod:`models.backbones
 ``multi_grid`` only exists for ResNets; ``None`` means the papers' (1, 2, 4) there (v3 Table 5,
 v3+ Table 3). :class:`DeepLabV3` also accepts ``"xception65"``: the "no decoder" row of v3+ Table 5.
 Bilinear resizing uses ``align_corners=False`` (torchvision); the TF reference uses True.
+
+Structure: both models hold the v3 encoder, :class:`DeepLabV3Encoder` (``encoder.backbone``,
+``encoder.aspp``); v3 adds its 1×1 ``classifier``, v3+ its ``decoder`` and ``classifier``. ASPP
+reads the backbone's last feature and the decoder its stride-4 one, picked by the strides the
+backbone declares (``layer4``/``layer1`` for ResNet, ``exit``/``low_level`` for Xception).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.backbones import deepest_stage
 from models.backbones.resnet import dilated_resnet
 from models.backbones.xception import aligned_xception65
 from models.blocks import ConvBNReLU, SeparableConv2d, scale_channels
@@ -116,32 +122,31 @@ def build_backbone(
     )
 
 
-class DeepLabV3(nn.Module):
-    """Dilated backbone → ASPP → 1×1 classifier → bilinear upsampling to the input size."""
+class DeepLabV3Encoder(nn.Module):
+    """The DeepLab v3 encoder: dilated backbone → ASPP (v3 Fig. 5; the "Encoder" of v3+ Fig. 2).
+
+    ``forward`` returns the backbone's named features and the ASPP output; ``feature_stage`` names
+    the feature ASPP reads (the backbone's last, at ``output_stride``).
+    """
 
     def __init__(
         self,
-        num_classes: int,
         backbone: str = "resnet101",
         output_stride: int = 16,
         atrous_rates: tuple[int, ...] | None = None,
         multi_grid: tuple[int, ...] | None = None,
         image_pooling: bool = True,
-        separable: bool | None = None,
+        separable: bool = False,
         pretrained: PretrainedArg = False,
         width: float = 1.0,
     ) -> None:
         super().__init__()
         self.backbone = build_backbone(backbone, output_stride, multi_grid, width, pretrained)
+        self.feature_stage = deepest_stage(self.backbone, output_stride)
         rates = default_atrous_rates(output_stride) if atrous_rates is None else atrous_rates
-        separable = backbone == "xception65" if separable is None else separable
-        channels = scale_channels(256, width)
-        self.aspp = ASPP(self.backbone.channels[-1], rates, channels, image_pooling, separable)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.aspp = ASPP(self.backbone.channels[self.feature_stage], rates,
+                         scale_channels(256, width), image_pooling, separable)
         self.output_stride = output_stride
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)[-1]
 
     def set_output_stride(self, output_stride: int) -> None:
         """Evaluate at another output stride with the same weights (v3 Table 6, v3+ Table 3):
@@ -159,9 +164,59 @@ class DeepLabV3(nn.Module):
                     m.dilation, m.padding = (rate, rate), (rate, rate)
         self.output_stride = output_stride
 
+    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        feats = self.backbone(x)
+        return feats, self.aspp(feats[self.feature_stage])
+
+
+class _EncoderModel(nn.Module):
+    """What DeepLab v3 and v3+ share: an ``encoder`` (:class:`DeepLabV3Encoder`), whose backbone
+    is the ImageNet-pretrained part and whose output stride can change after training."""
+
+    has_aux_head = False
+    encoder: DeepLabV3Encoder
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder.backbone
+
+    @property
+    def output_stride(self) -> int:
+        return self.encoder.output_stride
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """See :meth:`DeepLabV3Encoder.set_output_stride`."""
+        self.encoder.set_output_stride(output_stride)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone feature ASPP reads, at ``output_stride``."""
+        return self.backbone(x)[self.encoder.feature_stage]
+
+
+class DeepLabV3(_EncoderModel):
+    """:class:`DeepLabV3Encoder` → 1×1 classifier → bilinear upsampling to the input size."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet101",
+        output_stride: int = 16,
+        atrous_rates: tuple[int, ...] | None = None,
+        multi_grid: tuple[int, ...] | None = None,
+        image_pooling: bool = True,
+        separable: bool | None = None,
+        pretrained: PretrainedArg = False,
+        width: float = 1.0,
+    ) -> None:
+        super().__init__()
+        separable = backbone == "xception65" if separable is None else separable
+        self.encoder = DeepLabV3Encoder(backbone, output_stride, atrous_rates, multi_grid,
+                                        image_pooling, separable, pretrained, width)
+        self.classifier = nn.Conv2d(self.encoder.aspp.out_channels, num_classes, 1)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.classifier(self.aspp(self.features(x)))
-        return {"out": resize(logits, x.shape[-2:])}
+        _, aspp_out = self.encoder(x)
+        return {"out": resize(self.classifier(aspp_out), x.shape[-2:])}
 
 
 class Decoder(nn.Module):
@@ -195,8 +250,8 @@ class Decoder(nn.Module):
         return self.refine(x)
 
 
-class DeepLabV3Plus(DeepLabV3):
-    """DeepLab v3 encoder + the stride-4 decoder of DeepLab v3+."""
+class DeepLabV3Plus(_EncoderModel):
+    """:class:`DeepLabV3Encoder` + the stride-4 :class:`Decoder` of DeepLab v3+ (Fig. 2)."""
 
     def __init__(
         self,
@@ -213,16 +268,19 @@ class DeepLabV3Plus(DeepLabV3):
         pretrained: PretrainedArg = False,
         width: float = 1.0,
     ) -> None:
-        super().__init__(num_classes, backbone, output_stride, atrous_rates, multi_grid, image_pooling,
-                         separable, pretrained, width)
+        super().__init__()
         separable = backbone == "xception65" if separable is None else separable
+        self.encoder = DeepLabV3Encoder(backbone, output_stride, atrous_rates, multi_grid,
+                                        image_pooling, separable, pretrained, width)
+        self.low_level_stage = deepest_stage(self.backbone, 4)
         self.decoder = Decoder(
-            self.backbone.channels[0], self.aspp.out_channels, scale_channels(low_level_channels, width),
-            decoder_convs, scale_channels(decoder_channels, width), separable,
+            self.backbone.channels[self.low_level_stage], self.encoder.aspp.out_channels,
+            scale_channels(low_level_channels, width), decoder_convs,
+            scale_channels(decoder_channels, width), separable,
         )
         self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.backbone(x)
-        y = self.decoder(self.aspp(feats[-1]), feats[0])
+        feats, aspp_out = self.encoder(x)
+        y = self.decoder(aspp_out, feats[self.low_level_stage])
         return {"out": resize(self.classifier(y), x.shape[-2:])}

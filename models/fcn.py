@@ -103,6 +103,8 @@ def _crop(x: torch.Tensor, offset: int, size: tuple[int, int]) -> torch.Tensor:
 class FCN(nn.Module):
     """FCN-VGG16; ``forward`` returns ``{"out": N×classes×H×W}``."""
 
+    has_aux_head = False
+
     def __init__(
         self,
         num_classes: int = 21,

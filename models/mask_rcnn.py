@@ -109,12 +109,14 @@ class ResNetFPN(nn.Module):
     def __init__(self, body: ResNetBackbone, out_channels: int) -> None:
         super().__init__()
         self.body = body
-        self.fpn = FeaturePyramidNetwork(body.channels, out_channels,
+        self.fpn = FeaturePyramidNetwork(list(body.channels.values()), out_channels,
                                          extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
+        # torchvision's level names "0".."3" for C2..C5 (layer1..layer4)
+        feats = self.body(x).values()
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:

@@ -108,21 +108,22 @@ class PSPNet(nn.Module):
             int(backbone[6:]), self.output_stride, (1, 1, 1), deep_stem=True, width=width,
             pretrained=pretrained,
         )
-        self.ppm = PyramidPooling(self.backbone.channels[-1], tuple(bins), pooling, reduction)
+        self.ppm = PyramidPooling(self.backbone.channels["layer4"], tuple(bins), pooling, reduction)
         self.head = FCNHead(self.ppm.out_channels, scale_channels(512, width), num_classes, dropout)
         self.aux_head = (
-            FCNHead(self.backbone.channels[2], scale_channels(aux_channels, width), num_classes,
-                    dropout)
+            FCNHead(self.backbone.channels["layer3"], scale_channels(aux_channels, width),
+                    num_classes, dropout)
             if aux else None
         )
+        self.has_aux_head = self.aux_head is not None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)[-1]
+        return self.backbone(x)["layer4"]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]
         feats = self.backbone(x)
-        out = {"out": resize(self.head(self.ppm(feats[-1])), size)}
+        out = {"out": resize(self.head(self.ppm(feats["layer4"])), size)}
         if self.aux_head is not None:
-            out["aux"] = resize(self.aux_head(feats[2]), size)
+            out["aux"] = resize(self.aux_head(feats["layer3"]), size)
         return out

@@ -23,7 +23,7 @@ Knobs:
   resize modes crop the two border pixels whose bilinear value would be extrapolated, so no
   output ever depends on padding and overlap-tiling stays exact.
 - ``pretrained``: accepted for the common model signature; only ``False`` (the paper trains
-  from scratch, there is no ImageNet encoder).
+  from scratch, there is no ImageNet encoder, hence ``backbone = None``).
 - ``batch_norm``: BN after each 3×3 conv (not in the paper). ``dropout``: the paper's "drop-out
   layers at the end of the contracting path" (Sec. 3.1): after the bottleneck; the paper gives
   no rate, so the default 0 leaves it off.
@@ -41,7 +41,7 @@ border, where tiles see mirrored image content and ``forward`` sees zero padding
 
 No ``output_stride`` is declared: U-Net predicts at full resolution, and in valid mode its
 bottleneck is not at a fixed stride of the input (572 → 28), so there is no ``features()``.
-Loss weights of Eq. 2 are :func:`models.unet_weights.unet_weight_map`, re-exported here.
+The loss weights of Eq. 2 are :func:`models.unet_weights.unet_weight_map`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.blocks import ConvBNReLU, scale_channels
-from models.unet_weights import unet_weight_map
 
 PADDINGS = ("valid", "same")
 UPSAMPLINGS = ("transposed", "resize_conv", "bilinear")
@@ -174,6 +173,9 @@ class UpConv(nn.Sequential):
 
 class UNet(nn.Module):
     """U-Net of Fig. 1; see the module docstring for the knobs and the valid-padding contract."""
+
+    backbone = None  # trained from scratch: no ImageNet-pretrained part
+    has_aux_head = False
 
     def __init__(
         self,
@@ -348,7 +350,6 @@ __all__ = [
     "UNet",
     "mirror_pad",
     "overlap_tile_predict",
-    "unet_weight_map",
     "valid_input_size",
     "valid_output_size",
 ]

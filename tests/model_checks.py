@@ -3,8 +3,10 @@
 A new variant costs one line in a parametrisation: ``check_segmentation_model(model)`` runs a
 forward and a backward pass on an odd-sized batch, checks the output contract
 (``{"out": N×C×H×W at the input's H×W}``, ``"aux"`` likewise when present), that every trainable
-parameter receives a gradient, and, where the model declares ``output_stride``, that the
-feature map returned by ``model.features(x)`` is at that stride.
+parameter receives a gradient, the declarations the training code reads (``has_aux_head`` says
+whether ``"aux"`` is returned; ``backbone`` is the pretrained part, or None), and, where the
+model declares ``output_stride``, that the feature map returned by ``model.features(x)`` is at
+that stride.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def check_segmentation_model(
     assert out["out"].shape == (n, num_classes, h, w), f"'out' is {tuple(out['out'].shape)}, expected {(n, num_classes, h, w)}"
     if expect_aux is not None:
         assert ("aux" in out) == expect_aux, f"'aux' present={('aux' in out)}, expected {expect_aux}"
+    assert model.has_aux_head is ("aux" in out), (
+        f"has_aux_head={model.has_aux_head!r} but 'aux' returned={'aux' in out}")
+    assert model.backbone is None or isinstance(model.backbone, nn.Module), (
+        f"backbone must be the pretrained nn.Module or None, got {type(model.backbone)}")
     if "aux" in out:
         assert out["aux"].shape == (n, num_classes, h, w), f"'aux' is {tuple(out['aux'].shape)}"
     loss = out["out"].float().logsumexp(1).mean() + sum(v.float().mean() for k, v in out.items() if k != "out")

@@ -1,4 +1,5 @@
-"""Figures of a results folder (experiments/figures.py) and their W&B logging."""
+"""Figures of a results folder (experiments/figures.py), the loaders and palette they use
+(experiments/results_folder.py, experiments/palette.py) and their W&B logging."""
 
 from __future__ import annotations
 
@@ -14,22 +15,15 @@ from matplotlib.image import imread
 from datamodules.ade20k import ADE20K_PALETTE
 from datamodules.synthetic import SYNTHETIC_TASKS
 from datamodules.voc import VOC_PALETTE
-from experiments.figures import (
-    VOID_COLOR,
+from experiments.figures import bar_charts, metric_series, prediction_grid, write_figures
+from experiments.palette import VOID_COLOR, colorize, decolorize, difference_map
+from experiments.results_folder import (
     GridUnavailable,
-    bar_charts,
-    colorize,
-    data_source,
-    decolorize,
-    difference_map,
     finished_cells,
     load_cell,
     load_rows,
-    metric_series,
     predict_masks,
-    prediction_grid,
     validation_samples,
-    write_figures,
 )
 from lightning_modules.metrics import metrics_from_confusion
 from tests.notebooks import tiny_results
@@ -87,15 +81,6 @@ def test_difference_map_says_who_is_right():
     assert tuple(difference_map([[1]], [[2]], [[0]])[0, 0]) == (214, 39, 40)  # both wrong
 
 
-def test_data_source_from_config_or_dataset_name():
-    recorded = {"kind": "voc", "root": "/data", "synthetic_task": "thin"}
-    assert data_source({"dataset": "voc-paper", "data_source": recorded}) == recorded
-    assert data_source({"dataset": "synthetic_multiscale320px-smoke"}) == {
-        "kind": "synthetic", "root": None, "synthetic_task": "multiscale"}
-    assert data_source({"dataset": "synthetic_thin-paper"})["synthetic_task"] == "thin"
-    assert data_source({"dataset": "ade20k-paper"})["kind"] == "ade20k"
-
-
 # --------------------------------------------------------------------------- bar charts
 def _rows(paper: float | None):
     return [
@@ -118,16 +103,8 @@ def test_bar_chart_from_hand_made_rows_marks_the_paper(tmp_path):
     # the paper's tick is drawn: the two mIoU charts differ, the checkerboard ones do not
     assert not np.array_equal(imread(with_paper[0]), imread(without[0]))
     np.testing.assert_array_equal(imread(with_paper[1]), imread(without[1]))
-
-
-def test_bar_chart_from_flat_rows_of_older_tables(tmp_path):
-    rows = [{"variant": "32s", "miou_mean": 0.5, "miou_std": 0.01, "n": 3, "paper_miou": 59.4,
-             "pixel_acc": 0.9, "mean_acc": 0.6, "fwiou": 0.8}]
-    series = metric_series(rows)
-    assert list(series) == ["miou", "pixel_acc", "mean_acc", "fwiou"]
-    assert series["miou"][0] | {"values": None} == {
-        "variant": "32s", "mean": 0.5, "std": 0.01, "values": None, "n": 3, "paper": 59.4}
-    paths = bar_charts(rows, tmp_path, "flat", metrics=["miou"], suffix="_crf")
+    # a chosen metric, file names suffixed (the CRF evaluation's charts)
+    paths = bar_charts(_rows(65.76), tmp_path / "c", "crf", metrics=["miou"], suffix="_crf")
     assert [p.name for p in paths] == ["bar_miou_crf.png"] and _png(paths[0])
 
 

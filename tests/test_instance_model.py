@@ -55,6 +55,15 @@ def test_pretrained_defaults_freeze_bn_and_stem():
         build_model("mask_rcnn", 4, roi_layer="RoIWarp")
 
 
+def test_quarter_width_builds_and_runs_the_fpn():
+    """Width 1/4 (plain 7×7 stem of 16 channels, layer1 64 wide) used to crash the backbone."""
+    model = build_model("mask_rcnn", 4, width=0.25).eval()
+    with torch.no_grad():
+        feats = model.backbone(torch.randn(1, 3, 64, 64))
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    assert all(f.shape[1] == 64 for f in feats.values())  # FPN 256 × 1/4
+
+
 def _pyramid(c: int = 4) -> tuple[dict, list, list]:
     torch.manual_seed(0)
     feats = {str(i): torch.randn(2, c, 512 // 2 ** (i + 2), 512 // 2 ** (i + 2)) for i in range(4)}

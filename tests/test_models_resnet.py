@@ -80,7 +80,7 @@ PSP_VARIANTS = [
 def test_pspnet_variants(bins, pooling, reduction, backbone, aux):
     model = PSPNet(NC, backbone, bins=bins, pooling=pooling, reduction=reduction, aux=aux, width=W)
     check_segmentation_model(model, NC, expect_aux=aux)
-    in_ch = model.backbone.channels[-1]
+    in_ch = model.backbone.channels["layer4"]
     level = in_ch // len(bins) if (reduction and bins) else in_ch
     assert model.head[0][0].in_channels == in_ch + len(bins) * level
     pool_types = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -107,7 +107,7 @@ def _strides(feats, size=ODD_SIZE[2:]):
         matches = [s for s in (2, 4, 8, 16, 32) if hw == tuple(math.ceil(d / s) for d in size)]
         return matches[0] if matches else None
 
-    return [stride(f) for f in feats]
+    return {name: stride(f) for name, f in feats.items()}
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
@@ -116,8 +116,11 @@ def test_resnet_output_stride(output_stride, depth, deep_stem):
     backbone = dilated_resnet(depth, output_stride, deep_stem=deep_stem, width=W).eval()
     with torch.no_grad():
         feats = backbone(torch.randn(1, *ODD_SIZE[1:]))
-    assert _strides(feats) == [4, 8, min(16, output_stride), output_stride]
-    assert [f.shape[1] for f in feats] == backbone.channels == [16, 32, 64, 128]
+    assert _strides(feats) == backbone.stage_strides == {
+        "layer1": 4, "layer2": 8, "layer3": min(16, output_stride), "layer4": output_stride}
+    assert list(feats) == list(backbone.stage_strides)  # shallow to deep
+    assert {k: f.shape[1] for k, f in feats.items()} == backbone.channels == {
+        "layer1": 16, "layer2": 32, "layer3": 64, "layer4": 128}
     assert backbone.output_stride == output_stride
 
 
@@ -126,8 +129,12 @@ def test_xception_output_stride(output_stride):
     backbone = aligned_xception65(output_stride, width=W).eval()
     with torch.no_grad():
         feats = backbone(torch.randn(1, *ODD_SIZE[1:]))
-    assert _strides(feats) == [4, output_stride]
-    assert [f.shape[1] for f in feats] == backbone.channels == [16, 128]
+    entry = min(16, output_stride)
+    assert _strides(feats) == backbone.stage_strides == {
+        "low_level": 4, "entry": entry, "middle": entry, "exit": output_stride}
+    assert list(feats) == list(backbone.stage_strides)  # shallow to deep
+    assert {k: f.shape[1] for k, f in feats.items()} == backbone.channels == {
+        "low_level": 16, "entry": 46, "middle": 46, "exit": 128}  # 256, 728, 2048 at width 1
 
 
 def test_xception_matches_timm():
@@ -143,7 +150,8 @@ def test_xception_matches_timm():
     ours.eval(), ref.eval()
     x = torch.randn(1, 3, 97, 131)
     with torch.no_grad():
-        low, final = ours(x)
+        feats = ours(x)
+        low, final = feats["low_level"], feats["exit"]
         torch.testing.assert_close(final, ref.forward_features(x))
         if hasattr(ref, "forward_intermediates"):
             (ref_low,) = ref.forward_intermediates(x, indices=[1], intermediates_only=True)
@@ -169,7 +177,7 @@ def test_multi_grid_sets_dilations(output_stride, base, multi_grid):
 def test_atrous_rates_default_and_widths():
     for os_, rates in [(16, (6, 12, 18)), (8, (12, 24, 36))]:
         model = DeepLabV3(NC, "resnet50", os_, width=W)
-        dilations = [b[0].dilation[0] for b in model.aspp.convs[1:-1]]
+        dilations = [b[0].dilation[0] for b in model.encoder.aspp.convs[1:-1]]
         assert tuple(dilations) == rates
     aspp = ASPP(32, (6, 12, 18, 24), out_channels=8, image_pooling=False)
     assert len(aspp.convs) == 5 and aspp.project[0].in_channels == 5 * 8
@@ -185,7 +193,9 @@ def test_deeplab_v3plus_structure():
     assert model.decoder.refine[0][0].in_channels == 32 + 8  # ASPP 256/8 + low-level 64/8
     plain = DeepLabV3Plus(NC, "resnet50", width=1 / 8)  # ResNet default: no separable convs
     assert not any(isinstance(m, SeparableConv2d) for m in plain.modules())
-    assert plain.decoder.reduce[0].in_channels == plain.backbone.channels[0]  # layer1, stride 4
+    assert plain.decoder.reduce[0].in_channels == plain.backbone.channels["layer1"]  # stride 4
+    assert (model.low_level_stage, plain.low_level_stage) == ("low_level", "layer1")
+    assert (model.encoder.feature_stage, plain.encoder.feature_stage) == ("exit", "layer4")
     with pytest.raises(ValueError, match="multi_grid"):
         DeepLabV3Plus(NC, "xception65", multi_grid=(1, 2, 4), width=W)
     with pytest.raises(ValueError, match="backbone"):
@@ -224,8 +234,9 @@ def test_deeplab_v3_head_matches_torchvision():
     upsampled: the paper's head (no extra 3×3 conv, unlike torchvision's DeepLabHead)."""
     model = DeepLabV3(NC, "resnet50", output_stride=8, width=W)
     _randomise_bn(model)
-    peer = TorchvisionASPP(model.backbone.channels[-1], [12, 24, 36], model.aspp.out_channels)
-    peer.load_state_dict(model.aspp.state_dict())
+    aspp = model.encoder.aspp
+    peer = TorchvisionASPP(model.backbone.channels["layer4"], [12, 24, 36], aspp.out_channels)
+    peer.load_state_dict(aspp.state_dict())
     model.eval(), peer.eval()
     x = torch.randn(1, 3, 65, 81)
     with torch.no_grad():
@@ -234,7 +245,7 @@ def test_deeplab_v3_head_matches_torchvision():
         torch.testing.assert_close(model(x)["out"], expected)
 
 
-# ---------------------------------------------------------------- parameter counts, paper_tables.md
+# ---------------------------------------------------------------- parameter counts of the papers' models
 @pytest.mark.parametrize(
     "build,with_aux,without_aux",
     [
@@ -324,3 +335,31 @@ def test_set_output_stride_needs_a_resnet():
     model = DeepLabV3(3, backbone="xception65", width=0.0625)
     with pytest.raises(NotImplementedError, match="ResNet"):
         model.set_output_stride(8)
+
+
+# ---------------------------------------------------------------- width 1/4, plain and deep stems
+@pytest.mark.parametrize("deep_stem", [False, True], ids=["plain-stem", "deep-stem"])
+def test_resnet_quarter_width_first_block_projects_the_stem(deep_stem):
+    """At width 1/4 layer1 is 16 × 4 = 64 wide, timm's fixed 7×7 stem width, so timm builds no
+    projection shortcut; the scaled 16-channel plain stem needs one (it used to crash here)."""
+    backbone = dilated_resnet(50, 8, deep_stem=deep_stem, width=0.25)
+    first = backbone.layer1[0]
+    stem_out = 32 if deep_stem else 16  # deep stem: 16, 16, 32 channels
+    assert first.conv1.in_channels == first.downsample[0].in_channels == stem_out
+    assert first.downsample[0].out_channels == backbone.channels["layer1"] == 64
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("deeplab_v2", dict(backbone="resnet50")),  # plain 7×7 stem
+        ("deeplab_v3", dict(backbone="resnet50")),
+        ("deeplab_v3plus", dict(backbone="resnet50")),
+        ("pspnet", dict(backbone="resnet50")),  # deep 3×3 stem
+    ],
+    ids=str,
+)
+def test_resnet_models_at_quarter_width(name, kwargs):
+    from models import build_model
+
+    check_segmentation_model(build_model(name, NC, width=0.25, **kwargs), NC, (2, 3, 33, 41))

@@ -14,10 +14,10 @@ from models.unet import (
     UNet,
     mirror_pad,
     overlap_tile_predict,
-    unet_weight_map,
     valid_input_size,
     valid_output_size,
 )
+from models.unet_weights import unet_weight_map
 from tests.model_checks import check_segmentation_model, count_parameters
 
 UPSAMPLINGS = ["transposed", "resize_conv", "bilinear"]

@@ -229,6 +229,20 @@ def test_fcn_rejects_other_backbones_and_skip_orders():
         FCN(num_classes=3, skips=("pool3",), width=W)
 
 
+@pytest.mark.parametrize("dilated", [False, True], ids=["fcn", "deeplab"])
+def test_vgg16_declares_its_features(dilated):
+    """``forward``'s keys, in order, are ``stage_strides``' and ``channels``', at those strides."""
+    backbone = VGG16(width=W, dilated=dilated, fc6_padding=3).eval()
+    with torch.no_grad():
+        feats = backbone(torch.zeros(1, 3, 96, 128))
+    assert list(feats) == list(backbone.stage_strides) == list(backbone.channels)
+    expected = {"pool3": 8, "pool4": 8, "pool5": 8, "fc7": 8} if dilated else {
+        "pool3": 8, "pool4": 16, "pool5": 32, "fc7": 32}
+    assert backbone.stage_strides == expected
+    for name, f in feats.items():
+        assert f.shape[1:] == (backbone.channels[name], 96 // expected[name], 128 // expected[name])
+
+
 def test_deeplab_vgg_geometry():
     model = DeepLabLargeFOV(num_classes=3, width=W)
     convs = [m for m in model.backbone.features if isinstance(m, nn.Conv2d)]

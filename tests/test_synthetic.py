@@ -491,7 +491,7 @@ def test_touching_cells_touch_and_every_class_component_is_one_cell():
 
 
 def test_touching_borders_barely_move_miou_but_carry_the_border_weight():
-    from models.unet import unet_weight_map
+    from models.unet_weights import unet_weight_map
 
     cm = np.zeros((3, 3))
     for k, (_, mask, inst) in enumerate(_touching_items()):

@@ -1,20 +1,21 @@
-"""Theoretical and effective receptive fields of the model zoo (issue #8).
+"""Theoretical and effective receptive fields of the model zoo.
 
 The lectures' receptive-field argument, measured: PSPNet (Zhao et al., CVPR'17, Sec. 3.1)
 observes that "the empirical receptive field of CNN is much smaller than the theoretical one
 especially on high-level layers" and answers with global pyramid pooling; DeepLab's atrous rates
 (v1 Sec. 3.1, v2 Sec. 3.1) exist to enlarge the field of view without adding parameters.
 
-The measurements live in two modules, re-exported here (``from tools.receptive_field import
-X`` works for all of them):
+The measurements live in two modules; import them from there:
 
 - :mod:`tools.rf_theory` — the **theoretical receptive field** (RF), the input pixels a unit
-  depends on at all: :func:`stack_receptive_field` (textbook arithmetic over a sequential stack)
-  and :func:`model_receptive_field` (exact for any model, via the gradient support of a
-  linearised copy), the output stride, and why DeepLab v1's Table 2 says 224 for LargeFOV.
+  depends on at all: :func:`~tools.rf_theory.stack_receptive_field` (textbook arithmetic over a
+  sequential stack) and :func:`~tools.rf_theory.model_receptive_field` (exact for any model,
+  via the gradient support of a linearised copy), the output stride, and why DeepLab v1's
+  Table 2 says 224 for LargeFOV.
 - :mod:`tools.rf_effective` — the **effective receptive field** (ERF, Luo et al., NeurIPS
-  2016): :func:`effective_receptive_field`, the mean ``|∂y_centre/∂x|`` map and the side of the
-  centred square holding 95 % of it; :func:`load_lightning_weights` for trained weights.
+  2016): :func:`~tools.rf_effective.effective_receptive_field`, the mean ``|∂y_centre/∂x|``
+  map and the side of the centred square holding 95 % of it;
+  :func:`~tools.rf_effective.load_lightning_weights` for trained weights.
 
 This module holds the study below: the model list, the table, the ERF maps and the CLI.
 
@@ -72,38 +73,13 @@ if str(ROOT) not in sys.path:  # also runnable as ``python tools/receptive_field
 
 from tools.rf_effective import (  # noqa: E402 - after the sys.path line above
     ERF,
-    centred_mass_radius,
     effective_receptive_field,
     load_lightning_weights,
-    redraw_zero_init,
 )
-from tools.rf_theory import (  # noqa: E402
-    ModelRF,
-    Output,
-    StackRF,
-    linearise,
-    logits,
-    measured_output_stride,
-    model_receptive_field,
-    stack_receptive_field,
-    stack_trace,
-)
-
-__all__ = [
-    # tools.rf_theory
-    "Output", "logits", "StackRF", "stack_trace", "stack_receptive_field", "ModelRF",
-    "linearise", "measured_output_stride", "model_receptive_field",
-    # tools.rf_effective
-    "ERF", "centred_mass_radius", "redraw_zero_init", "effective_receptive_field",
-    "load_lightning_weights",
-    # the study (this module)
-    "STUDY", "RF_WIDTH", "STUDY_CLASSES", "StudyRow", "theoretical_rf", "study_random_init",
-    "find_runs", "load_run", "task_images", "study_trained", "markdown_table", "plot_maps",
-    "write_report", "main",
-]
+from tools.rf_theory import ModelRF, model_receptive_field  # noqa: E402
 
 
-# --------------------------------------------------------------------------- (3) the study
+# --------------------------------------------------------------------------- the study
 # name, build_model name, kwargs (the papers' variants; see README "Models")
 STUDY: list[tuple[str, str, dict]] = [
     ("FCN-32s", "fcn32s", {}),
@@ -182,19 +158,24 @@ def load_run(run_dir: str | Path, checkpoint: str = "last.ckpt"):
     config = json.loads((run_dir / "config.json").read_text())
     ckpt_path = run_dir / "checkpoints" / checkpoint
     hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]
-    resolved = config["resolved"]
-    model = build_model(resolved["model"], int(hparams["num_classes"]), **_tuples(resolved["model_kwargs"]))
+    card = config["card"]
+    model = build_model(card["model"], int(hparams["num_classes"]), **model_kwargs(card))
     return load_lightning_weights(model, ckpt_path), config, hparams
 
 
-def task_images(dataset: str, image_size: int, n: int, mean: Sequence[float], std: Sequence[float],
-                seed: int = 0) -> torch.Tensor | None:
-    """``n`` normalised validation images of a synthetic dataset name ("synthetic_context-smoke",
-    "synthetic_context256px-smoke"); None for other datasets (random inputs are used)."""
+def model_kwargs(card: dict) -> dict:
+    """A run's model arguments from its recipe card (no weights loaded: they come from the run)."""
+    return {**_tuples(card["model_kwargs"]), "width": card["width"], "pretrained": False}
+
+
+def task_images(data_source: dict, image_size: int, n: int, mean: Sequence[float],
+                std: Sequence[float], seed: int = 0) -> torch.Tensor | None:
+    """``n`` normalised validation images of a run's synthetic task (``data_source``: the run's
+    ``config["card"]["data_source"]``); None for real datasets (random inputs are used)."""
     from datamodules.synthetic import SYNTHETIC_TASKS
 
-    task = dataset.removeprefix("synthetic_").split("-")[0].rstrip("0123456789px")
-    if not dataset.startswith("synthetic_") or task not in SYNTHETIC_TASKS:
+    task = data_source["synthetic_task"]
+    if data_source["kind"] != "synthetic" or task not in SYNTHETIC_TASKS:
         return None
     data = SYNTHETIC_TASKS[task]("val", n, image_size, seed)
     images = torch.stack([data[i][0] for i in range(n)]).float() / 255
@@ -208,11 +189,11 @@ def study_trained(results_dir: str | Path, n_inputs: int = 4, log=print) -> list
         start = time.perf_counter()
         loaded = [load_run(r) for r in runs]
         config, hparams = loaded[0][1], loaded[0][2]
-        size = int(config["resolved"]["data"]["image_size"])
-        images = task_images(config["dataset"], size, n_inputs, hparams["mean"], hparams["std"])
+        card = config["card"]
+        size = int(card["image_size"])
+        images = task_images(card["data_source"], size, n_inputs, hparams["mean"], hparams["std"])
         erf = effective_receptive_field([m for m, _, _ in loaded], size, n_inputs, inputs=images)
-        rf = theoretical_rf(config["resolved"]["model"], config["resolved"]["model_kwargs"],
-                            int(hparams["num_classes"]))
+        rf = theoretical_rf(card["model"], model_kwargs(card), int(hparams["num_classes"]))
         inputs = "task images" if images is not None else "random inputs"
         seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
         rows.append(StudyRow(key, rf, erf, size, f"trained ({seeds}, {inputs})"))

@@ -1,9 +1,9 @@
 """Effective receptive field (ERF) of a unit: the mean |gradient| map and its 95 % square.
 
-Part of the receptive-field study of issue #8: :mod:`tools.receptive_field` holds the study
-(model list, table, figure, CLI; also the caveats of measuring the ERF at random
-initialisation) and re-exports the names defined here; :mod:`tools.rf_theory` the theoretical
-receptive field and the default ``output`` (:func:`~tools.rf_theory.logits`).
+Part of the receptive-field study: :mod:`tools.receptive_field` holds the study (model list,
+table, figure, CLI; also the caveats of measuring the ERF at random initialisation);
+:mod:`tools.rf_theory` the theoretical receptive field and the default ``output``
+(:func:`~tools.rf_theory.logits`).
 
 **Effective receptive field (ERF)** — Luo, Li, Urtasun & Zemel, "Understanding the Effective
 Receptive Field in Deep Convolutional Neural Networks", NeurIPS 2016: the gradient of one

@@ -1,8 +1,8 @@
 """Theoretical receptive field (RF) of a unit: stack arithmetic and the exact gradient support.
 
-Part of the receptive-field study of issue #8: :mod:`tools.receptive_field` holds the study
-(model list, table, figure, CLI) and re-exports the names defined here;
-:mod:`tools.rf_effective` the effective receptive field (ERF, Luo et al. 2016).
+Part of the receptive-field study: :mod:`tools.receptive_field` holds the study (model list,
+table, figure, CLI); :mod:`tools.rf_effective` the effective receptive field (ERF, Luo et al.
+2016).
 
 **Theoretical receptive field (RF)** — the input pixels a unit depends on at all.
 

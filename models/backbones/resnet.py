@@ -13,8 +13,9 @@ Knobs:
   get rates ``base_rate × multi_grid[i]``, e.g. OS 16 and (1, 2, 4) give (2, 4, 8).
 - ``deep_stem`` — PSPNet's ResNet (hszhao/semseg ``deep_base``): three 3×3 convs of 64, 64, 128
   channels replace the 7×7 conv (timm's ResNet-S, ``stem_type='deep'``, ``stem_width=64``).
-  These widths reproduce the 46.78M parameters computed for PSPNet-R50 (paper_tables.md);
-  timm's ResNet-C stem (32, 32, 64) would not.
+  These widths reproduce the 46.78M parameters of PSPNet-R50 without its auxiliary head
+  (``tests/test_models_resnet.py::test_parameter_counts``); timm's ResNet-C stem (32, 32, 64)
+  would not.
 - ``width`` — scales every channel count (stem included), keeping the topology.
 - ``pretrained`` — see :mod:`models.pretrained`. Weight sources (timm): the 7×7 stem uses the
   torchvision ImageNet weights ``resnet{50,101,152}.tv_in1k``, as the PyTorch DeepLab
@@ -22,14 +23,16 @@ Knobs:
   ResNet-v1s, the same 64-64-128 stem and stride-in-3×3 bottleneck as PSPNet's ResNet; the
   authors' own Caffe ImageNet weights are not available in timm).
 
-:class:`ResNetBackbone` returns the four stage outputs ``[layer1 (stride 4), layer2 (stride 8),
-layer3, layer4]``; ``channels`` lists their widths and ``output_stride`` the last one's stride.
+:class:`ResNetBackbone` returns the four stage outputs by name, ``{"layer1": stride 4, "layer2":
+stride 8, "layer3", "layer4"}`` (torchvision's and timm's stage names; the stem's output is only
+layer1's input); ``channels`` and ``stage_strides`` map the same names to widths and strides, and
+``output_stride`` is layer4's stride.
 """
 
 from __future__ import annotations
 
 import torch
-from timm.models.resnet import Bottleneck, ResNet
+from timm.models.resnet import Bottleneck, ResNet, downsample_conv
 from torch import nn
 
 from models.blocks import scale_channels
@@ -40,6 +43,7 @@ LAYERS: dict[int, tuple[int, int, int, int]] = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
+STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def timm_resnet_name(depth: int, deep_stem: bool) -> str:
@@ -53,7 +57,7 @@ def _set_dilation(conv: nn.Conv2d, rate: int) -> None:
 
 
 class ResNetBackbone(nn.Module):
-    """Bottleneck ResNet without its classifier, returning the four stage outputs."""
+    """Bottleneck ResNet without its classifier, returning the four stage outputs by name."""
 
     def __init__(
         self,
@@ -92,7 +96,7 @@ class ResNetBackbone(nn.Module):
         base_rate = self.layer4[0].dilation
         for block, grid in zip(self.layer4, multi_grid, strict=True):
             _set_dilation(block.conv2, base_rate * grid)
-        self.channels = [layer[-1].conv3.out_channels for layer in self.stages()]
+        self.channels = {name: getattr(self, name)[-1].conv3.out_channels for name in STAGES}
         self.output_stride = output_stride
         self.depth, self.deep_stem, self.multi_grid = depth, deep_stem, tuple(multi_grid)
 
@@ -120,25 +124,33 @@ class ResNetBackbone(nn.Module):
                 _set_dilation(block.conv2, rate * g)
         self.output_stride = output_stride
 
-    def stages(self) -> list[nn.Sequential]:
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
+    @property
+    def stage_strides(self) -> dict[str, int]:
+        """Stride of each stage's output: 4, 8, then 16 and 32 unless dilated away."""
+        os_ = self.output_stride
+        return {"layer1": 4, "layer2": 8, "layer3": min(16, os_), "layer4": os_}
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        feats = []
-        for layer in self.stages():
-            x = layer(x)
-            feats.append(x)
+        feats: dict[str, torch.Tensor] = {}
+        for name in STAGES:
+            x = feats[name] = getattr(self, name)(x)
         return feats
 
 
 def _scale_plain_stem(net: ResNet, stem: int) -> ResNet:
-    """timm fixes the 7×7 stem at 64 channels; give it ``stem`` channels for ``width != 1``."""
+    """timm fixes the 7×7 stem at 64 channels; give it ``stem`` channels for ``width != 1``.
+
+    The first block then takes ``stem`` channels, so its projection shortcut is rebuilt too.
+    timm builds none when layer1's output happens to be 64 wide (width 1/4: 16 planes × 4 = 64,
+    equal to its fixed stem), but a ``stem``-channel input needs one: a fresh ``downsample_conv``
+    (1×1 conv + BN), timm's own projection, replaces whatever was there.
+    """
     net.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
     net.bn1 = nn.BatchNorm2d(stem)
     first = net.layer1[0]
     first.conv1 = nn.Conv2d(stem, first.conv1.out_channels, 1, bias=False)
-    first.downsample[0] = nn.Conv2d(stem, first.downsample[0].out_channels, 1, bias=False)
+    first.downsample = downsample_conv(stem, first.conv3.out_channels, 1)
     for conv in (net.conv1, first.conv1, first.downsample[0]):
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return net

@@ -118,7 +118,7 @@ class VGG16(nn.Module):
     """conv1_1 … pool5 as ``features`` (timm's indices) plus, optionally, fc6/fc7 as ``pre_logits``.
 
     ``forward`` returns ``{"pool3", "pool4", "pool5"}`` and ``"fc7"`` when ``include_fc``;
-    ``channels`` maps the same keys to their widths.
+    ``channels`` and ``stage_strides`` map the same keys to their widths and strides.
     """
 
     def __init__(
@@ -160,6 +160,10 @@ class VGG16(nn.Module):
             self.pre_logits = ConvFC(in_ch, fc, fc6_kernel_size, fc6_dilation, fc6_padding, dropout)
             self.channels["fc7"] = fc
         self.output_stride = 8 if dilated else 32
+        self.stage_strides = {name: min(2 ** int(name[4:]), self.output_stride)
+                              for name in self.channels if name.startswith("pool")}
+        if include_fc:
+            self.stage_strides["fc7"] = self.output_stride
         self.load_imagenet(state, pretrained)
 
     def load_imagenet(self, state: dict[str, torch.Tensor] | None, source: object = True) -> None:

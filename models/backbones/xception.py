@@ -13,11 +13,16 @@ Knobs:
 - ``width`` — scales every channel count of the block configuration and of the stem.
 - ``pretrained`` — see :mod:`models.pretrained`; the ImageNet classifier (``head.``) is ignored.
 
-Returns ``[low_level, final]``: ``low_level`` is the stride-4 feature the v3+ decoder uses, taken
-as in the TF reference (``entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise``):
-the output of the second separable conv (after its BatchNorm, before the ReLU that precedes the
-strided third conv) of the second entry-flow block, 256 channels; ``final`` is the exit-flow
-output, 2048 channels.
+Returns the named outputs ``{"low_level", "entry", "middle", "exit"}`` (``stage_strides`` gives
+their strides, ``channels`` their widths):
+
+- ``low_level`` (stride 4, 256 channels) — the feature the v3+ decoder uses, taken as in the TF
+  reference (``entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise``): the output
+  of the second separable conv (after its BatchNorm, before the ReLU that precedes the strided
+  third conv) of the second entry-flow block;
+- ``entry`` (stride 16, or 8 at output stride 8; 728 channels) — the end of the entry flow;
+- ``middle`` (same stride and width) — the end of the 16-block middle flow;
+- ``exit`` (``output_stride``, 2048 channels) — the exit-flow output, what ASPP sees.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from models.pretrained import PretrainedArg, load_pretrained
 
 TIMM_NAME = "xception65.tf_in1k"
 LOW_LEVEL_BLOCK = 1  # second entry-flow block: its strided conv goes from stride 4 to 8
+ENTRY_BLOCKS, MIDDLE_BLOCKS = 3, 16  # then two exit-flow blocks (see xception65_block_cfg)
 
 
 def xception65_block_cfg(width: float = 1.0) -> list[dict]:
@@ -60,7 +66,7 @@ def xception65_block_cfg(width: float = 1.0) -> list[dict]:
 
 
 class XceptionBackbone(nn.Module):
-    """Aligned Xception-65 without classifier, returning ``[stride-4 features, final features]``."""
+    """Aligned Xception-65 without classifier, returning its named features (module docstring)."""
 
     def __init__(self, output_stride: int = 16, width: float = 1.0) -> None:
         super().__init__()
@@ -81,21 +87,34 @@ class XceptionBackbone(nn.Module):
         low = self.blocks[LOW_LEVEL_BLOCK]
         if not (isinstance(low, XceptionModule) and isinstance(low.stack[-2], nn.ReLU)):
             raise RuntimeError("unexpected timm XceptionModule layout: no low-level feature tap")
-        self.channels = [low.stack[-1].conv_dw.in_channels, self.blocks[-1].out_channels]
+        middle_end = ENTRY_BLOCKS + MIDDLE_BLOCKS
+        self._returned = {ENTRY_BLOCKS - 1: "entry", middle_end - 1: "middle",
+                          len(self.blocks) - 1: "exit"}  # index in ``blocks`` -> output name
+        self.channels = {
+            "low_level": low.stack[-1].conv_dw.in_channels,
+            "entry": self.blocks[ENTRY_BLOCKS - 1].out_channels,
+            "middle": self.blocks[middle_end - 1].out_channels,
+            "exit": self.blocks[-1].out_channels,
+        }
         self.output_stride = output_stride
+        self.stage_strides = {"low_level": 4, "entry": min(16, output_stride),
+                              "middle": min(16, output_stride), "exit": output_stride}
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(x)
-        low_level = None
+        feats: dict[str, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):
             if i == LOW_LEVEL_BLOCK:
                 low_level = block.stack[:-2](x)  # up to the second separable conv, before its ReLU
                 out = block.stack[-1](F.relu(low_level))  # not in place: low_level is returned
                 skip = x if block.shortcut is None else block.shortcut(x)
                 x = out + skip
+                feats["low_level"] = low_level
             else:
                 x = block(x)
-        return [low_level, x]
+            if i in self._returned:
+                feats[self._returned[i]] = x
+        return feats
 
 
 def aligned_xception65(
