@@ -155,6 +155,13 @@ def data_source(ablation: Ablation, run: Run) -> dict[str, Any]:
             "synthetic_task": synthetic_task(ablation, run) if run.data == "synthetic" else None}
 
 
+def check_model_fits_recipe(model, recipe: Recipe) -> None:
+    """What the model declares against what the recipe asks of it."""
+    if recipe.optim.aux_weight > 0 and not getattr(model, "has_aux_head", False):
+        raise RecipeError(f"optim.aux_weight={recipe.optim.aux_weight} needs a model with an auxiliary head; "
+                          f"{type(model).__name__} has none (has_aux_head is False)")
+
+
 def model_summary(cell: Cell, num_classes: int) -> tuple[int, list[str]]:
     """(parameter count, names of the layers that get ``head_lr_mult``), from a model built on
     the meta device: no memory, no weights read."""
@@ -163,8 +170,12 @@ def model_summary(cell: Cell, num_classes: int) -> tuple[int, list[str]]:
     from models import build_model
 
     kwargs = {**cell.model_kwargs, "pretrained": False}
-    with torch.device("meta"):
-        model = build_model(cell.model, num_classes, **kwargs)
+    try:
+        with torch.device("meta"):
+            model = build_model(cell.model, num_classes, **kwargs)
+    except TypeError as err:  # a builder that forwards **kwargs met an unknown name
+        raise RecipeError(f"model {cell.model!r}: {err}") from None
+    check_model_fits_recipe(model, cell.recipe)
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, torch.nn.Module):
         heads = ["all (no pretrained backbone)"]

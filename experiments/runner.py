@@ -224,12 +224,15 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> tuple[argparse.Nam
     run = Run(data=args.data, data_root=str(args.data_root) if args.data_root else None, preset=args.preset,
               devices=args.devices, num_nodes=args.num_nodes, batch_size=args.batch_size,
               changes=command_line_changes(p, args), synthetic_task=args.synthetic_task)
-    try:  # every cell's recipe is checked before anything runs or is written
+    try:  # every cell's recipe and card is checked before anything runs or is written
         args.cells = {name: resolve(ablation, name, run) for name in args.names}
+        first = next(iter(args.cells.values()))
+        args.seed_list = [args.seed] if args.seed is not None else list(args.seeds or first.recipe.seeds)
+        if args.command == "run" or args.dry_run:
+            args.cards = {name: recipe_card(ablation, name, args.seed_list[0], run, cell)
+                          for name, cell in args.cells.items()}
     except (RecipeError, ValueError) as err:
         p.error(str(err))
-    first = next(iter(args.cells.values()))
-    args.seed_list = [args.seed] if args.seed is not None else list(args.seeds or first.recipe.seeds)
     return args, run, ablation
 
 
@@ -251,8 +254,7 @@ def print_smoke_changes(ablation: Ablation, run: Run, cards: dict[str, dict]) ->
 def dry_run(ablation: Ablation, args: argparse.Namespace, run: Run) -> list[dict]:
     """Print every selected cell's recipe card as one JSON line, then a short table; no files."""
     cards = []
-    for name, cell in args.cells.items():
-        card = recipe_card(ablation, name, args.seed_list[0], run, cell)
+    for card in args.cards.values():
         for seed in args.seed_list:
             cards.append({**card, "seed": seed})
             print(json.dumps(cards[-1]))
@@ -290,7 +292,7 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
                     print(f"{name}\t{seed}")  # names may contain spaces ("B1236 AVE")
         return []
     if args.command == "run":
-        cards = {name: recipe_card(ablation, name, seeds[0], run, cell) for name, cell in args.cells.items()}
+        cards = args.cards
         if run.preset == "smoke" and global_rank() == 0:
             print_smoke_changes(ablation, run, cards)
         task = get_task(ablation.task)

@@ -134,8 +134,10 @@ _SCHEDULE = ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "poly
 def _semantic_module(model, num_classes: int, class_names, recipe: Recipe):
     """SegmentationModule from the recipe: every optim field by name, the evaluation protocol,
     and the evaluators (dense CRF, checkerboard statistic) the recipe asks for."""
+    from experiments.card import check_model_fits_recipe
     from lightning_modules.segmentation import SegmentationModule
 
+    check_model_fits_recipe(model, recipe)
     o, e = recipe.optim, recipe.eval
     evaluators = []
     if e.crf is not None:

@@ -213,3 +213,13 @@ def test_out_that_is_a_file_or_read_only_is_an_error(capsys, tmp_path):
 def test_recipes_are_frozen_dataclasses():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Recipe().data.crop_size = 3  # type: ignore[misc]
+
+
+def test_aux_weight_needs_a_model_with_an_aux_head(capsys):
+    psp = load(next(s for s in SCRIPTS if s.stem == "psp_bins_ablation"))
+    with pytest.raises(SystemExit):
+        main(psp, ["--dry-run", "--variant", "baseline", "--set", "model.aux=false"])
+    assert "optim.aux_weight=0.4 needs a model with an auxiliary head" in capsys.readouterr().err
+    (card,) = cards(capsys, psp, "--variant", "baseline", "--seed", "0", "--set", "model.aux=false",
+                    "--set", "optim.aux_weight=0")
+    assert card["aux_weight"] == 0 and "aux_weight: 0.0 (paper: 0.4)" in card["deviations"]
