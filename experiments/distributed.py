@@ -10,8 +10,9 @@
   Together with the stateful training loader (``datamodules.base``), the learning rate computed
   from the global step and deterministic kernels, a run resumed from ``last.ckpt`` finishes with
   exactly the weights of an uninterrupted one (tested on CPU, ``tests/test_resume.py``).
-- :func:`resume_checkpoint` — the newest of ``checkpoints/last.ckpt`` (periodic) and the
-  ``hpc_ckpt_<n>.ckpt`` that Lightning writes on SLURM's pre-emption signal.
+- :func:`resume_checkpoint` — the newest *valid* of ``checkpoints/last*.ckpt`` (periodic) and the
+  ``hpc_ckpt_<n>.ckpt`` that Lightning writes on SLURM's pre-emption signal (defined in
+  ``experiments/checkpoints.py``, re-exported here).
 - :func:`global_rank` — the process's rank after or without a Trainer (torchrun, srun, Lightning's
   own launcher).
 """
@@ -31,6 +32,7 @@ from lightning.pytorch.plugins.layer_sync import LayerSync
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
+from experiments.checkpoints import resume_checkpoint  # noqa: F401 - re-exported
 from models.sync_batchnorm import (
     SYNC_BATCHNORM_TYPES,
     convert_sync_batchnorm,
@@ -122,16 +124,6 @@ class RNGState(L.Callback):
         if trainer.state.fn == TrainerFn.FITTING and self._before_validation is not None:
             _set_rng_states(self._before_validation)
         self._before_validation = None
-
-
-def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint a rerun resumes from: the most recently written of
-    ``<run_dir>/checkpoints/last.ckpt`` and Lightning's SLURM ``<run_dir>/hpc_ckpt_<n>.ckpt``."""
-    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
-    existing = [p for p in candidates if p.is_file()]
-    if not existing:
-        return None
-    return max(existing, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
 
 
 def global_rank() -> int:

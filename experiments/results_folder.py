@@ -85,6 +85,7 @@ def load_cell(run_dir: Path, checkpoint: str = "last.ckpt", device: str = "cpu")
     """(module, config) of a finished cell: the cell's recipe :class:`SegmentationModule` in eval
     mode, with the trained weights and the cell's hyperparameters (so ``predict_scores`` runs
     its evaluation protocol); the plain ``nn.Module`` is ``module.model``."""
+    from experiments.checkpoints import load_checkpoint
     from lightning_modules import RECIPES
     from models import build_model
 
@@ -92,7 +93,7 @@ def load_cell(run_dir: Path, checkpoint: str = "last.ckpt", device: str = "cpu")
     config = json.loads((run_dir / "config.json").read_text())
     check_semantic(config)
     res = config["resolved"]
-    ckpt = torch.load(run_dir / "checkpoints" / checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / checkpoint)  # weights_only: never runs code
     hparams = ckpt["hyper_parameters"]  # all of the module's arguments but the model
     model = build_model(res["model"], hparams["num_classes"],
                         **{**res["model_kwargs"], "pretrained": False})
