@@ -99,10 +99,23 @@ def reduce_zero_label(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _stems(folder: Path, suffixes: tuple[str, ...]) -> dict[str, str]:
+    """File stem → file name; two files with one stem (``x.jpg`` and ``x.jpeg``) are an error,
+    since which one would be paired with the annotation would depend on directory order."""
     with os.scandir(folder) as it:
-        return {
-            os.path.splitext(e.name)[0]: e.name for e in it if e.name.lower().endswith(suffixes)
-        }
+        names = sorted(e.name for e in it if e.name.lower().endswith(suffixes))
+    stems: dict[str, str] = {}
+    clashes: list[str] = []
+    for name in names:
+        stem = os.path.splitext(name)[0]
+        if stem in stems:
+            clashes.append(f"{folder / stems[stem]} and {folder / name}")
+        else:
+            stems[stem] = name
+    if clashes:
+        shown = "\n  ".join(clashes[:10]) + ("\n  ..." if len(clashes) > 10 else "")
+        raise ValueError(f"ADE20K: {len(clashes)} pair(s) of files share a stem, so which one belongs to "
+                         f"the annotation is ambiguous; keep one of each:\n  {shown}")
+    return stems
 
 
 class ADE20KSegmentation(CheckedSegmentationDataset):

@@ -134,6 +134,13 @@ def _read_list(path: Path) -> list[str]:
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise ValueError(f"split list {path} is empty; expected one image id per line")
+    seen: set[str] = set()
+    repeated = sorted({i for i in ids if i in seen or seen.add(i)})
+    if repeated:
+        # a repeated id would be trained on, or scored, twice
+        shown = ", ".join(repeated[:20]) + (", ..." if len(repeated) > 20 else "")
+        raise ValueError(f"split list {path} lists {len(repeated)} image id(s) more than once: {shown}; "
+                         f"each id must appear once")
     return ids
 
 
@@ -215,7 +222,9 @@ class VOCSegmentation(CheckedSegmentationDataset):
                     f"{self.root / 'SegmentationClassAug'} "
                     f"exists. The papers' numbers are trained on train_aug (10,582 images); "
                     f"VOC 'train' alone has 1,464 and loses several mIoU points. Download SBD from "
-                    f"{SBD_URL} and extract it into {self.root}, or use split='train'.\n{LAYOUT}"
+                    f"{SBD_URL} and extract it into {self.root} (or DeepLab's SegmentationClassAug "
+                    f"from {AUG_URL}, extracted into {self.root}), or train on VOC train only with "
+                    f"`--set data.train_split=train`.\n{LAYOUT}"
                 )
             members = set(_read_list(lists / "train.txt"))
             if has_sbd:

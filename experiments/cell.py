@@ -1,13 +1,16 @@
 """One cell of an ablation: (ablation, variant, seed, dataset, preset) → a run directory.
 
 ``results/<ablation>/<dataset>-<preset>/<variant>/seed<k>/`` holds ``config.json`` (the cell's
-recipe card, ``experiments/card.py``), ``checkpoints/{last,best}.ckpt``, ``logs/`` (CSV metrics) and, once the run finished,
-``metrics.json``. A cell whose ``metrics.json`` exists is skipped; a cell with a checkpoint but
-no metrics resumes from the newest of ``checkpoints/last.ckpt`` (every ``checkpoint_every``
-steps) and Lightning's SLURM ``hpc_ckpt_<n>.ckpt``, exactly (``experiments/distributed.py``).
-Files are written atomically (temporary file + rename), so an interrupted job never leaves a
-half-written result that the table would read. Under DDP every process runs this function;
-only rank 0 writes files.
+recipe card, ``experiments/card.py``), ``checkpoints/{last,best}.ckpt``, ``logs/attempt-<n>/`` (CSV metrics of each run or
+resume; read them with ``experiments.training_log.read_training_log``) and, once the run
+finished, ``metrics.json``. A cell whose ``metrics.json`` exists is skipped; a cell with a
+checkpoint but no metrics resumes from the newest valid one of ``checkpoints/last.ckpt`` (every
+``checkpoint_every`` steps) and Lightning's SLURM ``hpc_ckpt_<n>.ckpt``, exactly
+(``experiments/checkpoints.py``). Files, checkpoints included, are written atomically (temporary
+file beside the target + rename), so an interrupted job never leaves a half-written result.
+A cell that another process is training (``<run_dir>/.lock``, ``experiments/lock.py``) is
+skipped with a message naming that process. Under DDP every process runs this function; only
+rank 0 writes files.
 
 Interruptions: on SIGTERM Lightning finishes the current step and stops; the cell then exits
 with status 143 and no ``metrics.json`` (rerun to resume). Under SLURM with auto-requeue,
@@ -28,21 +31,18 @@ import lightning as L
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.card import RUNTIME_FIELDS, Cell, Run
+from experiments.checkpoints import AtomicCheckpointIO, BestCheckpoint, ResultsTrainer, resume_checkpoint
+from experiments.distributed import RNGState, SyncBatchNormCount, SyncBatchNormPlugin
+from experiments.lock import CellLock, describe
 from experiments.recipe import as_dict
-from experiments.distributed import (
-    RNGState,
-    SyncBatchNormCount,
-    SyncBatchNormPlugin,
-    resume_checkpoint,
-)
 from experiments.table import write_text_atomic
 from experiments.tasks import get_task
 from experiments.tracking import Throughput, log_predictions, make_wandb_logger
+from experiments.training_log import attempt_logger
 from models import build_model
 from models.sync_batchnorm import revert_sync_batchnorm
 
@@ -78,8 +78,22 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_datamodule,
-             wandb_project: str | None, verbose: bool = True, accelerator: str = "auto") -> dict[str, Any]:
-    """Train and evaluate one cell described by its recipe ``card``; return its metrics."""
+             wandb_project: str | None, verbose: bool = True, accelerator: str = "auto") -> dict[str, Any] | None:
+    """Train and evaluate one cell described by its recipe ``card``; return its metrics, or None
+    when another process holds the cell's lock (the cell is left to it; not an error)."""
+    lock = CellLock(run_dir)
+    if not lock.acquire():
+        print(f"[locked] {run_dir}: skipped, another process is training this cell "
+              f"({describe(lock.holder or {})}; lock file {lock.path})")
+        return None
+    try:
+        return _run_cell(card, cell, run, run_dir, make_datamodule, wandb_project, verbose, accelerator)
+    finally:
+        lock.release()
+
+
+def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_datamodule,
+              wandb_project: str | None, verbose: bool, accelerator: str) -> dict[str, Any]:
     metrics_file = run_dir / "metrics.json"
     config_file = run_dir / "config.json"
     config = {"card": card, "recipe": as_dict(cell.recipe)}  # the card, and the recipe to rebuild it
@@ -104,12 +118,12 @@ def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_dat
     module = task.build_module(model, num_classes, datamodule.class_names, recipe)
     tr = recipe.trainer
     ckpt_dir = run_dir / "checkpoints"
+    # no version counter: last.ckpt/best.ckpt are replaced in place (atomically), never -v1 copies
     last_ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                every_n_train_steps=tr.checkpoint_every)
-    best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor, mode="max",
-                                save_top_k=1, save_last=False)
+                                every_n_train_steps=tr.checkpoint_every, enable_version_counter=False)
+    best_ckpt = BestCheckpoint(ckpt_dir, monitor=task.monitor, mode="max")
     throughput = Throughput()
-    loggers: list = [CSVLogger(run_dir, name="logs", version="")]
+    loggers: list = [attempt_logger(run_dir)]
     wandb_logger = None
     if wandb_project:
         wandb_logger = make_wandb_logger(
@@ -123,11 +137,11 @@ def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_dat
     sync_bn = tr.sync_batchnorm and world > 1 and recipe.optim.bn == "trained"
     sync_count = SyncBatchNormCount()
     sync_plugin = SyncBatchNormPlugin()
-    trainer = L.Trainer(
+    trainer = ResultsTrainer(
         accelerator=accelerator, devices=run.devices, num_nodes=run.num_nodes,
         # "ddp", never "ddp_spawn": the spawn launcher's metric state double-counts on CPU
         strategy="ddp" if world > 1 else "auto",
-        plugins=[sync_plugin] if sync_bn else None,
+        plugins=[AtomicCheckpointIO(), *([sync_plugin] if sync_bn else [])],
         precision=tr.precision, max_steps=tr.max_steps, accumulate_grad_batches=tr.accumulate,
         val_check_interval=min(tr.val_every, tr.max_steps), check_val_every_n_epoch=None, num_sanity_val_steps=0,
         callbacks=[last_ckpt, best_ckpt, throughput, RNGState(), sync_count], logger=loggers,
@@ -147,7 +161,8 @@ def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_dat
         print(f"[resume] {run_dir}: from {resume.relative_to(run_dir)}")
     started = time.time()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
+                    weights_only=True)
     except SIGTERMException:
         # Lightning stopped after the current step; no result is written, a rerun resumes.
         if trainer.is_global_zero:
@@ -157,8 +172,8 @@ def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_dat
     # more), and evaluated from there explicitly: with ckpt_path=None, Lightning on SLURM would
     # load a stale hpc_ckpt_<n>.ckpt instead of the weights just trained.
     final = ckpt_dir / "last.ckpt"
-    trainer.save_checkpoint(final)
-    trainer.validate(module, datamodule=datamodule, ckpt_path=str(final), verbose=False)
+    trainer.save_checkpoint(final, weights_only=False)
+    trainer.validate(module, datamodule=datamodule, ckpt_path=str(final), verbose=False, weights_only=True)
     model = revert_sync_batchnorm(module.model)  # no-op unless a layer was left synchronised
     # real images of varying size and no fixed evaluation size (e.g. Mask R-CNN on VOC): no FLOPs
     side = recipe.eval.pad_to or card["crop_size"]

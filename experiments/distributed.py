@@ -10,8 +10,9 @@
   Together with the stateful training loader (``datamodules.base``), the learning rate computed
   from the global step and deterministic kernels, a run resumed from ``last.ckpt`` finishes with
   exactly the weights of an uninterrupted one (tested on CPU, ``tests/test_resume.py``).
-- :func:`resume_checkpoint` — the newest of ``checkpoints/last.ckpt`` (periodic) and the
-  ``hpc_ckpt_<n>.ckpt`` that Lightning writes on SLURM's pre-emption signal.
+- :func:`resume_checkpoint` — the newest *valid* of ``checkpoints/last*.ckpt`` (periodic) and the
+  ``hpc_ckpt_<n>.ckpt`` that Lightning writes on SLURM's pre-emption signal (defined in
+  ``experiments/checkpoints.py``, re-exported here).
 - :func:`global_rank` — the process's rank after or without a Trainer (torchrun, srun, Lightning's
   own launcher).
 """
@@ -19,7 +20,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from lightning.pytorch.plugins.layer_sync import LayerSync
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
+from experiments.checkpoints import resume_checkpoint  # noqa: F401 - re-exported
 from models.sync_batchnorm import (
     SYNC_BATCHNORM_TYPES,
     convert_sync_batchnorm,
@@ -124,16 +125,6 @@ class RNGState(L.Callback):
         self._before_validation = None
 
 
-def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint a rerun resumes from: the most recently written of
-    ``<run_dir>/checkpoints/last.ckpt`` and Lightning's SLURM ``<run_dir>/hpc_ckpt_<n>.ckpt``."""
-    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
-    existing = [p for p in candidates if p.is_file()]
-    if not existing:
-        return None
-    return max(existing, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
-
-
 def global_rank() -> int:
     """This process's global rank: from torch.distributed once initialised, else from the
     launcher's environment (torchrun: RANK; srun: SLURM_PROCID; Lightning's launcher and
@@ -145,17 +136,3 @@ def global_rank() -> int:
             return int(os.environ[var])
     node, local = int(os.environ.get("NODE_RANK", 0) or 0), int(os.environ.get("LOCAL_RANK", 0) or 0)
     return 0 if (node, local) == (0, 0) else max(1, node + local)
-
-
-def check_global_batch(global_batch: int, paper_batch: int | None, preset: str,
-                       per_device: int, world: int, accumulate: int) -> str | None:
-    """A warning when the paper preset trains with another global batch than the paper's."""
-    if preset != "paper" or paper_batch is None or global_batch == paper_batch:
-        return None
-    message = (
-        f"global batch {global_batch} (= {world} processes x {per_device} per device x "
-        f"{accumulate} accumulation) differs from the paper's {paper_batch}; results may differ. "
-        f"Choose --batch-size B and --accumulate A with {world} x B x A = {paper_batch} to match it."
-    )
-    warnings.warn(message, stacklevel=2)
-    return message

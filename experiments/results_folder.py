@@ -68,6 +68,7 @@ def load_cell(run_dir: Path, checkpoint: str = "last.ckpt", device: str = "cpu")
     """(module, config) of a finished cell: a :class:`SegmentationModule` in eval mode with the
     trained weights and the cell's hyperparameters (so ``predict_probs`` runs its evaluation
     protocol); the plain ``nn.Module`` is ``module.model``."""
+    from experiments.checkpoints import load_checkpoint
     from lightning_modules.segmentation import SegmentationModule
     from models import build_model
 
@@ -75,7 +76,7 @@ def load_cell(run_dir: Path, checkpoint: str = "last.ckpt", device: str = "cpu")
     config = json.loads((run_dir / "config.json").read_text())
     check_semantic(config)
     card = config["card"]
-    ckpt = torch.load(run_dir / "checkpoints" / checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / checkpoint)  # weights_only: never runs code
     hparams = ckpt["hyper_parameters"]  # all of the module's arguments but the model and evaluators
     model = build_model(card["model"], hparams["num_classes"],
                         **{**_tuples(card["model_kwargs"]), "width": card["width"], "pretrained": False})

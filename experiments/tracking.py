@@ -1,15 +1,16 @@
 """Logging for the runner: CSV always, Weights & Biases on request, and a throughput meter.
 
 W&B on shared machines and clusters must never stop a job: without an API key (environment
-``WANDB_API_KEY`` or ``wandb login``) the run switches to offline mode and says how to upload it
-later with ``wandb sync``; the key is checked with ``wandb.login(prompt=False)``, which never
-prompts, so an attached terminal cannot block the job either. Lightning's loggers write from
+``WANDB_API_KEY``, ``~/.netrc`` from ``wandb login``) the run switches to offline mode, even with
+``WANDB_MODE=online``, and says how to upload it later with ``wandb sync``; the key is looked up
+without prompting (:func:`has_wandb_key`), so an attached terminal cannot block the job either. Lightning's loggers write from
 rank 0 only. Runs of one ablation share the W&B ``group`` (the ablation name) and are named
 ``<variant>-seed<k>``, so the dashboard groups the seeds of a variant and compares variants.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -23,18 +24,52 @@ from experiments.distributed import global_rank
 from experiments.table import write_text_atomic
 
 
-def wandb_mode() -> str:
-    """'online', 'offline' or 'disabled': WANDB_MODE if set, else online only with a key."""
-    mode = os.environ.get("WANDB_MODE", "").strip().lower()
-    if mode in ("online", "offline", "disabled", "dryrun"):
-        return "offline" if mode == "dryrun" else mode
+def has_wandb_key() -> bool:
+    """Whether W&B credentials are configured (``WANDB_API_KEY``, an identity token file,
+    ``~/.netrc`` or wandb's settings file), found without any prompt or network access."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    try:
+        from wandb.sdk.lib import wbauth
+
+        if wbauth.read_netrc_auth(host=os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"):
+            return True
+    except Exception:  # noqa: BLE001 - another wandb version or a malformed .netrc: ask wandb below
+        pass
     import wandb
 
     try:
-        has_key = bool(wandb.login(prompt=False, verify=False))
+        # prompt=False never asks; the mode is forced so wandb's own offline shortcut cannot answer
+        with _environ(WANDB_MODE="online", WANDB_SILENT="true"):
+            return bool(wandb.login(prompt=False, verify=False))
     except Exception:  # noqa: BLE001 - any failure to find credentials means: no key
-        has_key = False
-    return "online" if has_key else "offline"
+        return False
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def wandb_mode() -> str:
+    """'online', 'offline' or 'disabled': 'disabled' and 'offline' as WANDB_MODE says; online
+    only with a key, whatever WANDB_MODE says (online without a key, wandb would ask for a login
+    on an attached terminal and wait forever)."""
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode == "disabled":
+        return "disabled"
+    if mode in ("offline", "dryrun"):
+        return "offline"
+    return "online" if has_wandb_key() else "offline"
 
 
 def make_wandb_logger(project: str, group: str, name: str, run_dir: Path, config: dict[str, Any],
@@ -53,15 +88,22 @@ def make_wandb_logger(project: str, group: str, name: str, run_dir: Path, config
         if global_rank() == 0:  # other DDP ranks never start a W&B run; they must not race here
             write_text_atomic(id_file, run_id + "\n")
     if mode == "offline":
+        asked = os.environ.get("WANDB_MODE", "").strip().lower()
+        why = ("WANDB_MODE=offline" if asked in ("offline", "dryrun") else
+               f"no API key found{' (WANDB_MODE=online overridden)' if asked == 'online' else ''}")
         print(
-            f"W&B: no API key found, logging OFFLINE to {run_dir / 'wandb'}.\n"
+            f"W&B: {why}, logging OFFLINE to {run_dir / 'wandb'}.\n"
             f"     Upload later with: wandb sync {run_dir / 'wandb'}/offline-run-*"
         )
+    import wandb
+
     return WandbLogger(
         project=project, group=group, name=name, id=run_id, resume="allow", save_dir=str(run_dir),
         # `mode=` rather than Lightning's offline=True, which sets the WANDB_MODE=dryrun that
-        # current wandb no longer honours (it then asks for a login).
+        # current wandb no longer honours (it then asks for a login). The explicit mode wins
+        # over WANDB_MODE; the login timeout is a second guard should wandb still decide to ask.
         mode=mode, config=config, tags=tags, job_type="train",
+        settings=wandb.Settings(mode=mode, login_timeout=0.1),
     )
 
 

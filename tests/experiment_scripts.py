@@ -5,8 +5,9 @@ by rerunning ``sys.argv``, and a killed process must really die. The script is t
 ``experiments/*_ablation.py`` (an :class:`Ablation` handed to the runner) with a small
 training recipe: VGG16-BN FCNs at width 1/16 on 64-px synthetic images, 5 validation images
 (odd), 12 steps per epoch. With ``STOP_AT_STEP=k`` it pauses after training step ``k`` (after
-the checkpoints of that step), writes ``STOP_MARKER`` and waits, so a test can signal it at a
-known point in the middle of an epoch.
+the checkpoints of that step), writes ``STOP_MARKER`` and waits (until signalled, or until the
+file ``GO_MARKER`` exists), so a test can signal it, or run something beside it, at a known
+point in the middle of an epoch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 
 from experiments.runner import main
+from experiments.recipe import Recipe
 from experiments.spec import Ablation, Variant
 
 STOP_AT = int(os.environ.get("STOP_AT_STEP", "0"))
@@ -39,7 +41,10 @@ if STOP_AT:
         if self.trainer.global_step == STOP_AT:
             Path(os.environ["STOP_MARKER"]).write_text(str(os.getpid()))
             deadline = time.monotonic() + 120
+            go = os.environ.get("GO_MARKER")  # a file whose creation lets the run go on
             while not self.trainer.received_sigterm and time.monotonic() < deadline:
+                if go and Path(go).exists():
+                    break
                 time.sleep(0.02)
 
     seg.SegmentationModule.on_train_batch_end = _pause
@@ -53,10 +58,10 @@ ABLATION = Ablation(
         "FCN 8s": Variant("fcn8s", {{}}, "fcn.table2.fcn8s"),  # a space, as in PSPNet's "B1 AVE"
     }},
     paper_data="voc",
-    smoke_recipe={{
+    paper=Recipe(),
+    smoke={{
         "width": 0.0625,
-        "model": {{"batch_norm": True}},
-        "data": {{"num_train": 24, "num_val": 5, "image_size": 64, "batch_size": 2, "val_batch_size": 1}},
+        "data": {{"num_train": 24, "num_val": 5, "image_size": 64, "global_batch": 2, "val_batch_size": 1}},
         "trainer": {{"max_steps": 16, "val_every": 4, "checkpoint_every": 4, "log_every": 1}},
     }},
 )
@@ -66,8 +71,9 @@ if __name__ == "__main__":
 '''
 
 # Variables that would make a subprocess think it is one rank of a distributed or SLURM job.
+# SEG_CELL_LOCK_TOKEN: the job identity an in-process run leaves behind (experiments/lock.py).
 _LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR",
-                  "MASTER_PORT", "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+                  "MASTER_PORT", "PL_GLOBAL_SEED", "PL_SEED_WORKERS", "SEG_CELL_LOCK_TOKEN")
 
 
 def write_script(directory: Path) -> Path:
@@ -107,9 +113,9 @@ def run(script: Path, *args: str, env: dict[str, str] | None = None, log: Path |
     return text
 
 
-def interrupt(script: Path, *args: str, at_step: int, sig: signal.Signals, env: dict[str, str],
-              log: Path, timeout: float = 240) -> int:
-    """Start the script, send ``sig`` while it pauses after step ``at_step``; its exit status."""
+def start_paused(script: Path, *args: str, at_step: int, env: dict[str, str], log: Path,
+                 timeout: float = 240) -> subprocess.Popen:
+    """Start the script and return once it pauses after step ``at_step``."""
     marker = log.with_suffix(".stopped")
     marker.unlink(missing_ok=True)
     proc = start(script, *args, env={**env, "STOP_AT_STEP": str(at_step), "STOP_MARKER": str(marker)},
@@ -120,6 +126,13 @@ def interrupt(script: Path, *args: str, at_step: int, sig: signal.Signals, env: 
             proc.kill()
             raise AssertionError(f"never reached step {at_step}:\n{log.read_text()[-4000:]}")
         time.sleep(0.1)
+    return proc
+
+
+def interrupt(script: Path, *args: str, at_step: int, sig: signal.Signals, env: dict[str, str],
+              log: Path, timeout: float = 240) -> int:
+    """Start the script, send ``sig`` while it pauses after step ``at_step``; its exit status."""
+    proc = start_paused(script, *args, at_step=at_step, env=env, log=log, timeout=timeout)
     proc.send_signal(sig)
     try:
         return proc.wait(timeout=120)

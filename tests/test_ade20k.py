@@ -126,3 +126,14 @@ def test_ade20k_datamodule_fast_dev_run(ade):
     assert train[0][4] <= set(range(150)) | {IGNORE_INDEX}
     assert val[0][2] == (1, *size_of("ADE_val_00000001"))
     assert IGNORE_INDEX in val[0][4] and 149 in val[0][4] and 150 not in val[0][4]
+
+
+def test_two_images_sharing_a_stem_are_named(ade):
+    img = ade / IMG / "training"
+    write_jpeg(img / "ADE_train_00000002.jpeg", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError) as e:
+        ADE20KSegmentation(ade, "training")
+    msg = str(e.value)
+    assert "share a stem" in msg
+    assert str(img / "ADE_train_00000002.jpeg") in msg and str(img / "ADE_train_00000002.jpg") in msg
+    ADE20KSegmentation(ade, "validation")  # the other split is unaffected

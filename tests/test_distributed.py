@@ -10,7 +10,6 @@ import json
 import math
 import subprocess
 import sys
-import warnings
 
 import lightning as L
 import pytest
@@ -19,7 +18,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from experiments import runner
-from experiments.distributed import check_global_batch, global_rank
+from experiments.distributed import global_rank
+from experiments.recipe import Data, Recipe
 from experiments.spec import Ablation, Variant
 from models.sync_batchnorm import (
     SYNC_BATCHNORM_TYPES,
@@ -97,7 +97,8 @@ def test_ddp_run_reports_the_metrics_of_one_process_on_the_same_weights(tmp_path
     rank); one process evaluating the same final weights gets identical metrics, so every image
     counted exactly once."""
     from datamodules.synthetic import SyntheticDataModule
-    from lightning_modules import RECIPES
+    from experiments.recipe import from_dict
+    from experiments.tasks import get_task
     from models import build_model
 
     script = write_script(tmp_path)
@@ -107,14 +108,17 @@ def test_ddp_run_reports_the_metrics_of_one_process_on_the_same_weights(tmp_path
     assert "2 process(es), global batch 4 (2 x 2 per device x 1 accumulation), SyncBatchNorm" in log
     d = cell_dir(out)
     ddp = json.loads((d / "metrics.json").read_text())
-    res = json.loads((d / "config.json").read_text())["resolved"]
+    config = json.loads((d / "config.json").read_text())
+    card, recipe = config["card"], from_dict(config["recipe"])
     assert ddp["world_size"] == 2 and ddp["global_batch"] == 4 and ddp["steps"] == 4
-    assert ddp["sync_batchnorm_layers"] == 13 and res["trainer"]["sync_batchnorm"] is True
-    assert res["data"]["num_val"] == 5 and res["data"]["val_batch_size"] == 1
+    assert ddp["sync_batchnorm_layers"] == 13 and card["bn"] == "sync" and card["batch_size_per_device"] == 1
+    assert recipe.data.num_val == 5 and recipe.data.val_batch_size == 1
 
-    dm = SyntheticDataModule(task="thin", seed=0, **res["data"])
-    module = RECIPES[res["model"]](build_model(res["model"], dm.num_classes, **res["model_kwargs"]),
-                                   dm.num_classes, **res["module"])
+    dm = SyntheticDataModule(task="thin", seed=0, num_train=recipe.data.num_train, num_val=5,
+                             image_size=recipe.data.image_size, batch_size=1, val_batch_size=1)
+    model = build_model(card["model"], dm.num_classes, **{**card["model_kwargs"], "width": card["width"],
+                                                          "pretrained": False})
+    module = get_task("semantic").build_module(model, dm.num_classes, dm.class_names, recipe)
     ckpt = torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4
     module.load_state_dict(ckpt["state_dict"])  # strict: plain BatchNorm keys
@@ -139,26 +143,24 @@ def test_ddp_run_reports_the_metrics_of_one_process_on_the_same_weights(tmp_path
 PAPER_TINY = Ablation(
     name="tinypaper", title="global batch check", synthetic_task="thin",
     variants={"32s": Variant("fcn32s", {}, "fcn.table2.fcn32s")}, paper_data="voc",
-    paper_recipe={"data": {"batch_size": 5, "num_train": 8, "num_val": 2}, "paper_batch": 20},
+    paper=Recipe(data=Data(global_batch=20, num_train=8, num_val=2)),
 )
 
 
-def test_global_batch_is_checked_against_the_paper_recipe(tmp_path, monkeypatch):
-    assert check_global_batch(16, 16, "paper", 4, 4, 1) is None
-    assert check_global_batch(8, 16, "smoke", 4, 2, 1) is None
-    with pytest.warns(UserWarning, match=r"global batch 8 \(= 2 processes x 4 per device x 1 "
-                                         r"accumulation\) differs from the paper's 16"):
-        check_global_batch(8, 16, "paper", 4, 2, 1)
-
+def test_the_paper_global_batch_is_split_over_the_processes(tmp_path, monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(runner, "run_cell", lambda config, *a, **k: seen.append(config))
-    argv = ["--preset", "paper", "--pretrained", "false", "--out", str(tmp_path), "--quiet"]
-    with pytest.warns(UserWarning, match="global batch 10 .* differs from the paper's 20"):
-        runner.main(PAPER_TINY, argv + ["--devices", "2", "--accelerator", "cpu"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # 2 processes x 5 x 2 accumulation = the paper's 20
-        runner.main(PAPER_TINY, argv + ["--devices", "2", "--accumulate", "2", "--accelerator", "cpu"])
-    assert seen[-1]["resolved"]["trainer"]["accumulate"] == 2 and seen[-1]["resolved"]["paper_batch"] == 20
+    monkeypatch.setattr(runner, "run_cell", lambda card, cell, *a, **k: seen.append((card, cell)))
+    argv = ["--preset", "paper", "--pretrained", "false", "--out", str(tmp_path), "--quiet",
+            "--accelerator", "cpu", "--no-figures"]
+    runner.main(PAPER_TINY, argv + ["--devices", "2"])
+    card, cell = seen[-1]
+    assert (card["global_batch"], card["batch_size_per_device"], card["world_size"]) == (20, 10, 2)
+    runner.main(PAPER_TINY, argv + ["--devices", "2", "--accumulate", "2"])
+    assert seen[-1][1].batch_per_device == 5
+    assert not [d for d in seen[-1][0]["deviations"] if d.startswith("global_batch")]
+    with pytest.raises(SystemExit):
+        runner.main(PAPER_TINY, argv + ["--devices", "3"])
+    assert "global batch 20 (the paper's) cannot be split over 3 processes" in capsys.readouterr().err
 
 
 def test_global_rank_from_the_launchers_environment(monkeypatch):

@@ -149,7 +149,7 @@ def test_grid_is_skipped_for_instance_cells(tiny, tmp_path):
     shutil.copytree(tiny / "32s", out / "maskrcnn", ignore=shutil.ignore_patterns("logs"))
     config_file = out / "maskrcnn" / "seed0" / "config.json"
     config = json.loads(config_file.read_text())
-    config["resolved"]["model"], config["task"] = "mask_rcnn", "instance"
+    config["card"]["model"], config["card"]["task"] = "mask_rcnn", "instance"
     config_file.write_text(json.dumps(config))
     with pytest.raises(GridUnavailable):
         prediction_grid(out, ["maskrcnn"], [0])

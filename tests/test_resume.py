@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 import torch
 
 from experiments import runner
-from experiments.distributed import resume_checkpoint
+from experiments.checkpoints import load_checkpoint
+from experiments.training_log import read_training_log
+from experiments.recipe import Recipe
 from experiments.spec import Ablation, Variant
 from tests.experiment_scripts import cell_dir, clean_env, interrupt, run, write_script
 
@@ -27,8 +28,11 @@ CELL = ("--variant", "32s", "--seed", "0")
 
 def final_state(out):
     d = cell_dir(out)
-    ckpt = torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    return ckpt["global_step"], ckpt["state_dict"], json.loads((d / "metrics.json").read_text())
+    ckpt = load_checkpoint(d / "checkpoints" / "last.ckpt")
+    best = load_checkpoint(d / "checkpoints" / "best.ckpt")
+    log = [(r["step"], r.get("train/loss"), r.get("val/miou")) for r in read_training_log(d)]
+    return (ckpt["global_step"], ckpt["state_dict"], json.loads((d / "metrics.json").read_text()),
+            (best["global_step"], best["state_dict"]), log)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +45,19 @@ def reference(tmp_path_factory):
 
 
 def assert_same_result(out, reference) -> None:
-    _, step, weights, metrics = reference
-    got_step, got_weights, got_metrics = final_state(out)
+    """The same final weights and metrics, the same best.ckpt (one file, no best-v1.ckpt beside
+    a stale one), and the training log of every step, across the attempts."""
+    _, step, weights, metrics, best, log = reference
+    got_step, got_weights, got_metrics, got_best, got_log = final_state(out)
     assert got_step == step == 16
     assert got_weights.keys() == weights.keys()
     for key, value in weights.items():
         assert torch.equal(got_weights[key], value), f"{key} differs from the uninterrupted run"
     assert json.dumps(got_metrics["val"]) == json.dumps(metrics["val"])  # NaN-safe, exact
+    assert sorted(p.name for p in (cell_dir(out) / "checkpoints").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert got_best[0] == best[0] and all(torch.equal(got_best[1][k], v) for k, v in best[1].items())
+    assert [s for s, loss, _ in log if loss is not None] == list(range(16))
+    assert got_log == log, "training log rows lost or changed by the resume"
 
 
 @pytest.mark.slow
@@ -62,7 +72,7 @@ def test_killed_run_resumes_from_last_ckpt_exactly(tmp_path, reference, sig, sta
     assert rc == status, (tmp_path / "killed.log").read_text()[-3000:]
     d = cell_dir(out)
     assert not (d / "metrics.json").exists() and not list(d.glob("hpc_ckpt_*.ckpt"))
-    assert torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert load_checkpoint(d / "checkpoints" / "last.ckpt")["global_step"] == 4
     log = run(script, "--out", str(out), *CELL)
     assert f"[resume] {d}: from checkpoints/last.ckpt" in log
     assert_same_result(out, reference)
@@ -92,30 +102,14 @@ def test_slurm_requeue_resumes_from_the_hpc_checkpoint_exactly(tmp_path, referen
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4240_2"]
     d = cell_dir(out)
     hpc = d / "hpc_ckpt_1.ckpt"
-    assert torch.load(hpc, weights_only=False)["global_step"] == 6 and not (d / "metrics.json").exists()
+    assert load_checkpoint(hpc)["global_step"] == 6 and not (d / "metrics.json").exists()
     log = run(script, "--out", str(out), *CELL, env=env)
     assert f"[resume] {d}: from hpc_ckpt_1.ckpt" in log
     # the final evaluation loads the final weights; Lightning would pick the hpc checkpoint
     assert f"Loaded model weights from the checkpoint at {d / 'checkpoints' / 'last.ckpt'}" in log
     assert f"Loaded model weights from the checkpoint at {hpc}" not in log
+    assert "was not set" not in log  # Lightning's SLURM save says what it saves (full state)
     assert_same_result(out, reference)
-
-
-def test_resume_picks_the_newest_of_last_and_hpc_checkpoints(tmp_path):
-    assert resume_checkpoint(tmp_path) is None
-    (tmp_path / "checkpoints").mkdir()
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    hpc1, hpc2 = tmp_path / "hpc_ckpt_1.ckpt", tmp_path / "hpc_ckpt_2.ckpt"
-    now = time.time()
-    for path, age in ((hpc1, 30), (last, 20), (hpc2, 10)):
-        path.write_bytes(b"x")
-        os.utime(path, (now - age, now - age))
-    assert resume_checkpoint(tmp_path) == hpc2  # SIGUSR1 saved after the last periodic checkpoint
-    os.utime(last, (now, now))
-    assert resume_checkpoint(tmp_path) == last  # the requeued run trained on and saved again
-    hpc2.unlink()
-    last.unlink()
-    assert resume_checkpoint(tmp_path) == hpc1
 
 
 def test_training_loader_resumes_mid_epoch_and_into_the_next_epoch():
@@ -158,10 +152,10 @@ SWEEP = Ablation(
     variants={"32s": Variant("fcn32s", {}, "fcn.table2.fcn32s"),
               "8s": Variant("fcn8s", {}, "fcn.table2.fcn8s")},
     paper_data="voc",
-    smoke_recipe={"width": 0.0625,
-                  "data": {"num_train": 8, "num_val": 3, "image_size": 64, "batch_size": 4,
-                           "val_batch_size": 4},
-                  "trainer": {"max_steps": 2, "val_every": 2, "checkpoint_every": 2}},
+    paper=Recipe(),
+    smoke={"width": 0.0625,
+           "data": {"num_train": 8, "num_val": 3, "image_size": 64, "global_batch": 4, "val_batch_size": 4},
+           "trainer": {"max_steps": 2, "val_every": 2, "checkpoint_every": 2}},
 )
 
 
@@ -170,11 +164,11 @@ def test_interrupted_sweep_reruns_only_the_missing_cells(tmp_path, monkeypatch, 
     argv = ["--out", str(tmp_path), "--seeds", "0", "1", "--quiet"]
     real_run_cell, trained = runner.run_cell, []
 
-    def dies_in_third_cell(config, run_dir, *args, **kwargs):
+    def dies_in_third_cell(card, cell, run, run_dir, *args, **kwargs):
         if len(trained) == 2:
             raise KeyboardInterrupt  # the job is killed while the third cell starts
-        trained.append((config["variant"], config["seed"]))
-        return real_run_cell(config, run_dir, *args, **kwargs)
+        trained.append((card["variant"], card["seed"]))
+        return real_run_cell(card, cell, run, run_dir, *args, **kwargs)
 
     monkeypatch.setattr(runner, "run_cell", dies_in_third_cell)
     with pytest.raises(KeyboardInterrupt):
@@ -184,10 +178,10 @@ def test_interrupted_sweep_reruns_only_the_missing_cells(tmp_path, monkeypatch, 
     runner.main(SWEEP, ["cells", *argv])
     assert capsys.readouterr().out.split("\n") == ["8s\t0", "8s\t1", ""]
 
-    def records(config, run_dir, *args, **kwargs):
+    def records(card, cell, run, run_dir, *args, **kwargs):
         if not (run_dir / "metrics.json").exists():
-            trained.append((config["variant"], config["seed"]))
-        return real_run_cell(config, run_dir, *args, **kwargs)
+            trained.append((card["variant"], card["seed"]))
+        return real_run_cell(card, cell, run, run_dir, *args, **kwargs)
 
     monkeypatch.setattr(runner, "run_cell", records)
     done = tmp_path / "sweep" / "synthetic_thin-smoke" / "32s" / "seed0" / "metrics.json"

@@ -283,3 +283,22 @@ def test_voc_datamodule_fast_dev_run(voc_sbd, tmp_path, caplog):
     assert val and val[0][1] == (1, 3, *size_of("v1")) and val[0][2] == (1, *size_of("v1"))
     assert val[0][4] <= {0, VOC_CLS, 255}
     assert dm.hparams.root == str(root) and dm.hparams.train_split == "train_aug"
+
+
+def test_duplicate_ids_in_a_list_file_are_named(small_voc):
+    lst = small_voc / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
+    lst.write_text("b1\na1\nb1\na1\nb1\n")  # a1/b1 would each be scored more than once
+    with pytest.raises(ValueError) as e:
+        VOCSegmentation(small_voc, "val")
+    msg = str(e.value)
+    assert str(lst) in msg and "2 image id(s) more than once: a1, b1" in msg
+    VOCSegmentation(small_voc, "train")  # the other split is unaffected
+
+
+def test_train_aug_error_names_the_command_line_fallback_and_downloads(small_voc):
+    with pytest.raises(FileNotFoundError) as e:
+        VOCSegmentation(small_voc, "train_aug")
+    msg = str(e.value)
+    assert "split='train'" not in msg  # no command-line flag sets the split itself
+    assert "--set data.train_split=train" in msg
+    assert "home.bharathh.info" in msg and "SegmentationClassAug.zip" in msg
