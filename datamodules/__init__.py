@@ -8,6 +8,9 @@
   :class:`SyntheticDataModule` for all): ``thin`` (FCN skips), ``multiscale`` (ASPP),
   ``context`` and ``context_tokens`` (PSPNet pyramid pooling), ``touching`` (U-Net border
   weights), exportable to the VOC/ADE20K layouts with ``python -m datamodules.synthetic export``.
+- ``python -m datamodules.download {voc2012,sbd,voc_aug_png,ade20k,all} --root DIR`` fetches,
+  checks and unpacks the real datasets (``datamodules.download``, ``datamodules.archives``);
+  ``... download verify --root DIR`` checks a tree (``datamodules.verify``). Not imported here.
 - Instance segmentation (``datamodules.instance``): VOC ``SegmentationObject`` and the synthetic
   instance task for Mask R-CNN (``datamodules.synthetic.instances``); not imported here.
 """

@@ -11,7 +11,8 @@ Layout under ``root``::
     ADEChallengeData2016/images/{training,validation}/*.jpg
     ADEChallengeData2016/annotations/{training,validation}/*.png
 
-Download: http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip
+Download: ``python -m datamodules.download ade20k --root ROOT`` (or by hand:
+http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip)
 
 ``ADE20K_CLASSES`` are the first names of objectInfo150.csv, in its order. The palette is
 generated, not copied: class i gets the VOC devkit bit-spread colour of index i + 1 (so no
@@ -86,7 +87,7 @@ URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 LAYOUT = f"""expected layout:
   <root>/ADEChallengeData2016/images/{{training,validation}}/*.jpg
   <root>/ADEChallengeData2016/annotations/{{training,validation}}/*.png  ('L' mode, 0..150)
-download: {URL}"""
+download: python -m datamodules.download ade20k --root <root>   ({URL})"""
 
 _RAW_VALID = torch.ones(len(ADE20K_CLASSES) + 1, dtype=torch.bool)  # raw 0..150
 
@@ -196,19 +197,31 @@ class ADE20KSegmentation(CheckedSegmentationDataset):
 class ADE20KDataModule(SegmentationDataModule):
     """ADE20K: train on "training", evaluate on the 2,000 "validation" images at full size.
     ``skip_corrupt`` applies to the training set only. Base kwargs as in
-    ``SegmentationDataModule``."""
+    ``SegmentationDataModule``. ``download=True``: ``prepare_data`` fetches
+    ADEChallengeData2016 into ``root`` when it is missing, once per job (see
+    ``VOCDataModule`` for ``prepare_data_per_node``)."""
 
     num_classes = len(ADE20K_CLASSES)
     class_names = ADE20K_CLASSES
     palette = ADE20K_PALETTE
 
-    def __init__(self, root: str, skip_corrupt: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, root: str, skip_corrupt: bool = False, download: bool = False, **kwargs: Any
+    ) -> None:
         # a plain str before save_hyperparameters (in super().__init__) records it: hyperparameters
         # go into every checkpoint, and weights-only checkpoint loading refuses pathlib.Path
         root = os.fspath(root)
         super().__init__(**kwargs)
         self.root = root
         self.skip_corrupt = skip_corrupt
+        self.download = download
+        self.prepare_data_per_node = False  # root is usually shared: one downloader per job
+
+    def prepare_data(self) -> None:
+        if self.download:
+            from datamodules.download import download
+
+            download(["ade20k"], Path(self.root))
 
     def make_datasets(self, stage: str | None) -> None:
         if stage in (None, "fit"):

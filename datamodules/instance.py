@@ -70,7 +70,8 @@ LAYOUT = """expected layout:
   <root>/VOCdevkit/VOC2012/SegmentationObject/*.png   (instance ids 1..K, 255 void)
   <root>/VOCdevkit/VOC2012/SegmentationClass/*.png    (classes 0..20, 255 void)
   <root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt
-download: http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"""
+download: python -m datamodules.download voc2012 --root <root>
+  (http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar)"""
 
 _VALID_CLASS = torch.zeros(256, dtype=torch.bool)
 _VALID_CLASS[: len(VOC_CLASSES)] = True
@@ -163,14 +164,17 @@ class InstanceDataModule(SegmentationDataModule):
     ``image_size`` px; ``data_seed`` fixes the items, ``seed`` only the shuffle and flips) or
     ``kind="voc"`` (``root``; ``num_train``/``num_val`` None = whole splits, else the first n).
     The shuffle, resumable sampler, DDP evaluation sampler and worker seeding are
-    ``SegmentationDataModule``'s. ``num_classes`` counts the background (VOC: 21)."""
+    ``SegmentationDataModule``'s. ``num_classes`` counts the background (VOC: 21).
+    ``download=True`` (VOC only): ``prepare_data`` fetches VOC 2012 into ``root`` when missing,
+    once per job (see ``VOCDataModule`` for ``prepare_data_per_node``)."""
 
     def __init__(self, kind: str = "synthetic", root: str | None = None, seed: int = 0,
                  batch_size: int = 4, val_batch_size: int = 4, num_workers: int = 0,
                  num_train: int | None = None, num_val: int | None = None,
                  image_size: int | None = None, data_seed: int = 0, augment: str = "flip",
                  train_split: str = "train", val_split: str = "val", skip_corrupt: bool = False,
-                 pin_memory: bool | None = None, persistent_workers: bool = True) -> None:
+                 pin_memory: bool | None = None, persistent_workers: bool = True,
+                 download: bool = False) -> None:
         if kind not in ("synthetic", "voc"):
             raise ValueError(f"kind must be 'synthetic' or 'voc', got {kind!r}")
         if augment not in ("flip", "none"):
@@ -188,6 +192,14 @@ class InstanceDataModule(SegmentationDataModule):
         self.train_split, self.val_split, self.skip_corrupt = train_split, val_split, skip_corrupt
         self.class_names = SyntheticInstances.class_names if kind == "synthetic" else VOC_CLASSES
         self.num_classes = len(self.class_names)
+        self.download = download
+        self.prepare_data_per_node = False  # root is usually shared: one downloader per job
+
+    def prepare_data(self) -> None:
+        if self.download and self.kind == "voc":
+            from datamodules.download import download
+
+            download(["voc2012"], Path(self.root))
 
     def _dataset(self, split: str, n: int | None, default_n: int) -> Dataset:
         if self.kind == "synthetic":

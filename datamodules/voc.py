@@ -111,7 +111,7 @@ LAYOUT = f"""expected layout:
   <root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{{train,val,trainval}}.txt
   <root>/benchmark_RELEASE/dataset/{{img/*.jpg, cls/*.mat, train.txt, val.txt}}  (SBD)
   <root>/SegmentationClassAug/*.png  (alternative to SBD for train_aug)
-downloads:
+download: python -m datamodules.download voc2012 sbd --root <root>   (or by hand:)
   VOC2012: {VOC_URL}
   SBD: {SBD_URL}
   SegmentationClassAug (optional alternative to SBD): {AUG_URL}"""
@@ -221,10 +221,11 @@ class VOCSegmentation(CheckedSegmentationDataset):
                     f"(with train.txt, val.txt, cls/, img/) nor "
                     f"{self.root / 'SegmentationClassAug'} "
                     f"exists. The papers' numbers are trained on train_aug (10,582 images); "
-                    f"VOC 'train' alone has 1,464 and loses several mIoU points. Download SBD from "
-                    f"{SBD_URL} and extract it into {self.root} (or DeepLab's SegmentationClassAug "
-                    f"from {AUG_URL}, extracted into {self.root}), or train on VOC train only with "
-                    f"`--set data.train_split=train`.\n{LAYOUT}"
+                    f"VOC 'train' alone has 1,464 and loses several mIoU points. Download SBD with "
+                    f"'python -m datamodules.download sbd --root {self.root}' (or from {SBD_URL}; or "
+                    f"DeepLab's SegmentationClassAug from {AUG_URL}, extracted into {self.root}), or "
+                    f"train on VOC train only with `--set data.train_split=train`.
+{LAYOUT}"
                 )
             members = set(_read_list(lists / "train.txt"))
             if has_sbd:
@@ -304,7 +305,15 @@ class VOCDataModule(SegmentationDataModule):
     """VOC 2012: train on ``train_split`` (default the 10,582-image ``train_aug``), evaluate on
     ``val_split`` (1,449 full images at their original resolution). ``skip_corrupt`` applies to
     the training set only. Base kwargs as in ``SegmentationDataModule`` (crop 321 by default,
-    as DeepLab v2; v3/v3+ use 513 and PSPNet 473: the paper presets live in the runner)."""
+    as DeepLab v2; v3/v3+ use 513 and PSPNet 473: the paper presets live in the runner).
+
+    ``download=True``: ``prepare_data`` fetches what is missing into ``root`` with
+    ``datamodules.download`` (VOC 2012, plus SBD for ``train_aug`` unless a
+    ``SegmentationClassAug`` folder is already there); a complete tree is only checked. It runs
+    once per job, on global rank 0 (``prepare_data_per_node = False``: ``root`` is usually a
+    shared filesystem, where one downloader per node would write the same files); the other
+    ranks wait at Lightning's barrier. With node-local disks, set ``prepare_data_per_node``
+    back to True."""
 
     num_classes = len(VOC_CLASSES)
     class_names = VOC_CLASSES
@@ -316,6 +325,7 @@ class VOCDataModule(SegmentationDataModule):
         train_split: str = "train_aug",
         val_split: str = "val",
         skip_corrupt: bool = False,
+        download: bool = False,
         **kwargs: Any,
     ) -> None:
         # a plain str before save_hyperparameters (in super().__init__) records it: hyperparameters
@@ -326,6 +336,25 @@ class VOCDataModule(SegmentationDataModule):
         self.train_split = train_split
         self.val_split = val_split
         self.skip_corrupt = skip_corrupt
+        self.download = download
+        self.prepare_data_per_node = False
+
+    def prepare_data(self) -> None:
+        if not self.download:
+            return
+        from datamodules.download import download
+
+        names = ["voc2012"]
+        has_aug = any(
+            d.is_dir()
+            for d in (
+                Path(self.root) / "SegmentationClassAug",
+                Path(self.root) / "VOCdevkit" / "VOC2012" / "SegmentationClassAug",
+            )
+        )
+        if "train_aug" in (self.train_split, self.val_split) and not has_aug:
+            names.append("sbd")
+        download(names, Path(self.root))
 
     def make_datasets(self, stage: str | None) -> None:
         if stage in (None, "fit"):

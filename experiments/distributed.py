@@ -10,9 +10,6 @@
   Together with the stateful training loader (``datamodules.base``), the learning rate computed
   from the global step and deterministic kernels, a run resumed from ``last.ckpt`` finishes with
   exactly the weights of an uninterrupted one (tested on CPU, ``tests/test_resume.py``).
-- :func:`resume_checkpoint` — the newest *valid* of ``checkpoints/last*.ckpt`` (periodic) and the
-  ``hpc_ckpt_<n>.ckpt`` that Lightning writes on SLURM's pre-emption signal (defined in
-  ``experiments/checkpoints.py``, re-exported here).
 - :func:`global_rank` — the process's rank after or without a Trainer (torchrun, srun, Lightning's
   own launcher).
 """
@@ -31,7 +28,6 @@ from lightning.pytorch.plugins.layer_sync import LayerSync
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from experiments.checkpoints import resume_checkpoint  # noqa: F401 - re-exported
 from models.sync_batchnorm import (
     SYNC_BATCHNORM_TYPES,
     convert_sync_batchnorm,

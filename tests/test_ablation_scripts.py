@@ -75,13 +75,14 @@ def _export(ablation, root: Path) -> tuple[str, list[str]]:
 
         export_synthetic_instances(root, num_train=2, num_val=2, image_size=64)
         return "voc", ["--set", "model.min_size=64", "--set", "model.max_size=64"]
-    from datamodules.synthetic import export_synthetic
+    from datamodules.synthetic import SYNTHETIC_TASKS, export_synthetic
 
     layout = "ade20k" if ablation.paper_data == "ade20k" else "voc"
-    export_synthetic(ablation.synthetic_task, root, layout=layout, num_train=2, num_val=2, image_size=64)
-    flags = ["--set", "data.crop_size=64"] + (["--set", "data.train_split=train"] if layout == "voc" else [])
+    size = SYNTHETIC_TASKS[ablation.synthetic_task].min_image_size
+    export_synthetic(ablation.synthetic_task, root, layout=layout, num_train=2, num_val=2, image_size=size)
+    flags = ["--set", f"data.crop_size={size}"] + (["--set", "data.train_split=train"] if layout == "voc" else [])
     if ablation.paper.eval.pad_to:
-        flags += ["--set", "eval.pad_to=64"]
+        flags += ["--set", f"eval.pad_to={size}"]
     return layout, flags
 
 
