@@ -224,8 +224,7 @@ class VOCSegmentation(CheckedSegmentationDataset):
                     f"VOC 'train' alone has 1,464 and loses several mIoU points. Download SBD with "
                     f"'python -m datamodules.download sbd --root {self.root}' (or from {SBD_URL}; or "
                     f"DeepLab's SegmentationClassAug from {AUG_URL}, extracted into {self.root}), or "
-                    f"train on VOC train only with `--set data.train_split=train`.
-{LAYOUT}"
+                    f"train on VOC train only with `--set data.train_split=train`.\n{LAYOUT}"
                 )
             members = set(_read_list(lists / "train.txt"))
             if has_sbd:

@@ -65,6 +65,11 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
                    help="print each selected cell's recipe card (JSON lines, then a table) and exit")
     p.add_argument("--data", choices=sorted(task.datasets), default="synthetic")
     p.add_argument("--data-root", type=Path, help="folder containing VOCdevkit / ADEChallengeData2016")
+    p.add_argument("--download", action="store_true",
+                   help="real data: fetch and verify what is missing first (python -m datamodules.download)")
+    p.add_argument("--skip-data-check", action="store_true",
+                   help="real data: train even if the tree differs from the official one (file counts, "
+                        "mask formats); e.g. a subset for a quick check")
     p.add_argument("--preset", choices=["smoke", "paper"], help="default: smoke for synthetic data, else paper")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--variants", nargs="+", help="subset of variants to run (default: all)")
@@ -205,6 +210,8 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> tuple[argparse.Nam
             p.error("--synthetic-task applies to the synthetic data of semantic ablations only")
         if args.synthetic_task not in SYNTHETIC_TASKS:
             p.error(f"--synthetic-task must be one of {sorted(SYNTHETIC_TASKS)}, got {args.synthetic_task!r}")
+    if synthetic and (args.download or args.skip_data_check):
+        p.error("--download and --skip-data-check apply to real data only")
     if args.image_size is not None and not synthetic:
         p.error("--image-size applies to synthetic data only (real data keep their own sizes)")
     if args.crf_param and not args.crf and ablation.paper.eval.crf is None:
@@ -249,6 +256,39 @@ def print_smoke_changes(ablation: Ablation, run: Run, cards: dict[str, dict]) ->
         where = "" if len(names) == len(cards) else f"  [{', '.join(names)}]"
         print(f"  smoke: {line}{where}")
     print("=" * 100)
+
+
+def needed_datasets(ablation: Ablation, args: argparse.Namespace, run: Run) -> list[str]:
+    """The ``datamodules.download`` names the selected cells read."""
+    if run.data == "ade20k":
+        return ["ade20k"]
+    names = ["voc2012"]
+    if ablation.task == "semantic" and any(c.recipe.data.train_split in (None, "train_aug")
+                                           for c in args.cells.values()):
+        aug = Path(run.data_root) / "SegmentationClassAug"
+        names.append("voc_aug_png" if aug.is_dir() and not (Path(run.data_root) / "benchmark_RELEASE").is_dir()
+                     else "sbd")
+    return names
+
+
+def prepare_data(ablation: Ablation, args: argparse.Namespace, run: Run) -> None:
+    """Download (with --download) and check the real data before any cell starts; a tree that
+    is not what the datamodules need stops the run with the table of what is missing or wrong."""
+    from datamodules.verify import format_table, verify
+
+    names = needed_datasets(ablation, args, run)
+    if args.download:
+        from datamodules.download import download
+
+        download(names, Path(run.data_root), quiet=args.quiet)
+    if args.skip_data_check:
+        print(f"[data] not checked (--skip-data-check): {', '.join(names)} under {run.data_root}")
+        return
+    checks = verify(run.data_root, names)
+    if not all(c.ok for c in checks):
+        raise SystemExit(f"{format_table(checks)}\n\nerror: {run.data_root} is not the data this run needs "
+                         f"(see the fixes above; --skip-data-check trains on it anyway)")
+    print(f"[data] {', '.join(names)} under {run.data_root}: {len(checks)} checks ok")
 
 
 def dry_run(ablation: Ablation, args: argparse.Namespace, run: Run) -> list[dict]:
@@ -297,6 +337,8 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
             print_smoke_changes(ablation, run, cards)
         task = get_task(ablation.task)
         dataset = task.dataset(run.data)
+        if run.data != "synthetic" and global_rank() == 0:
+            prepare_data(ablation, args, run)
         # Under DDP every process runs this loop (Lightning's launcher reruns the script for the
         # other ranks; srun/torchrun start them all); a cell decides skip/resume/train the same
         # way on every rank because they all see the same run directory.

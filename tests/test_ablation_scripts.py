@@ -99,7 +99,7 @@ def test_every_option_trains_one_step_on_the_paper_preset(script, tmp_path):
         rows = main(ablation, ["--data", layout, "--data-root", str(root), "--variant", variant, "--seed", "0",
                                "--out", str(out), "--quiet", "--no-figures", "--width", "0.0625",
                                "--pretrained", "false", "--max-steps", "1", "--batch-size", "1",
-                               "--workers", "0", "--set", "trainer.val_every=1", *flags, *extra])
+                               "--workers", "0", "--skip-data-check", "--set", "trainer.val_every=1", *flags, *extra])
         row = next(r for r in rows if r["variant"] == variant)
         assert row["n"] == 1 and row["mean"] is not None
         config = json.loads(next(out.glob(f"{ablation.name}/*-paper/*/seed0/config.json")).read_text())

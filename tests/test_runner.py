@@ -156,8 +156,13 @@ def test_paper_preset_runs_on_real_layout_data(tmp_path):
         paper=Recipe(data=Data(crop_size=96, global_batch=2, augment="pspnet"), optim=Optim(aux_weight=0.4),
                      trainer=Trainer(max_steps=2, val_every=2)),
     )
-    rows = main(psp, ["--data", "ade20k", "--data-root", str(root), "--width", "0.0625", "--pretrained", "false",
-                      "--workers", "0", "--seeds", "0", "--out", str(tmp_path / "out"), "--quiet"])
+    argv = ["--data", "ade20k", "--width", "0.0625", "--pretrained", "false", "--workers", "0", "--seeds", "0",
+            "--out", str(tmp_path / "out"), "--quiet"]
+    # the tree is checked against the real ADE20K first: 4 training images are not 20,210
+    with pytest.raises(SystemExit, match=r"(?s)ade20k\s+training\s+WRONG\s+20,210 items.*--skip-data-check"):
+        main(psp, argv + ["--data-root", str(root)])
+    assert not (tmp_path / "out").exists()
+    rows = main(psp, argv + ["--data-root", str(root), "--skip-data-check"])
     assert rows[0]["n"] == 1 and rows[0]["delta"] is not None  # paper's dataset: a delta is shown
     cell = tmp_path / "out" / "tiny_psp" / "ade20k-paper" / "base" / "seed0"
     metrics = json.loads((cell / "metrics.json").read_text())
@@ -167,8 +172,7 @@ def test_paper_preset_runs_on_real_layout_data(tmp_path):
 
     other = shutil.copytree(root, tmp_path / "elsewhere")
     with pytest.raises(RuntimeError, match="different settings.*data_source.root"):
-        main(psp, ["--data", "ade20k", "--data-root", str(other), "--width", "0.0625", "--pretrained", "false",
-                   "--workers", "0", "--seeds", "0", "--out", str(tmp_path / "out"), "--quiet"])
+        main(psp, argv + ["--data-root", str(other), "--skip-data-check"])
 
 
 @pytest.mark.parametrize("flags,mode", [(["--eval-mode", "sliding"], "sliding"), (["--eval-mode", "ms_flip"], "ms_flip"),
