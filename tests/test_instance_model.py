@@ -167,7 +167,7 @@ def test_metric_shifted_mask_hurts_mask_ap_more_than_box_ap():
     assert metrics["bbox_ap"] == pytest.approx(1.0) and metrics["segm_ap"] == pytest.approx(0.0)
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\(\)`")
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 def test_module_reports_fractions_via_validation_hooks():
     target, output = _gt_and_perfect()
 

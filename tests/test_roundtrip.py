@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from datamodules import ADE20KDataModule, VOCDataModule, export_synthetic
-from lightning_modules import FCNModule
+from lightning_modules import SegmentationModule
 from models import build_model
 
 
@@ -18,7 +18,7 @@ def test_fit_then_test_on_exported_layout(tmp_path, layout):
     else:
         dm = ADE20KDataModule(str(root), **common)
     torch.manual_seed(0)
-    module = FCNModule(build_model("fcn8s", dm.num_classes, width=1 / 16), dm.num_classes,
+    module = SegmentationModule(build_model("fcn8s", dm.num_classes, width=1 / 16), dm.num_classes,
                        optimizer="adamw", lr=1e-3)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
