@@ -39,6 +39,7 @@ class Run:
     preset: str = "smoke"
     devices: int = 1
     num_nodes: int = 1
+    accelerator: str = "auto"
     batch_size: int | None = None       # per device, explicit (changes the global batch)
     changes: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # command-line recipe changes
     synthetic_task: str | None = None   # another diagnostic task than the ablation's
@@ -106,7 +107,9 @@ def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
         window = data.crop_size or data.image_size
         if window is None:
             raise RecipeError("eval.mode='sliding' needs eval.window (no training crop to take it from)")
-    recipe = dataclasses.replace(recipe, data=data, eval=dataclasses.replace(recipe.eval, window=window))
+    trainer = dataclasses.replace(recipe.trainer, precision=resolve_precision(recipe.trainer.precision, run.accelerator))
+    recipe = dataclasses.replace(recipe, data=data, trainer=trainer,
+                                 eval=dataclasses.replace(recipe.eval, window=window))
     if task.name == "semantic":
         from lightning_modules.inference import check_protocol
 
@@ -125,6 +128,22 @@ def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
             raise RecipeError(batch_advice(global_batch, run.world, accumulate))
     kwargs = {**recipe.model, "width": recipe.width, "pretrained": recipe.pretrained}
     return Cell(recipe, variant.model, kwargs, per_device, global_batch, rules)
+
+
+def resolve_precision(precision: str, accelerator: str, cuda: bool | None = None,
+                      bf16: bool | None = None) -> str:
+    """``"auto"``: bf16 autocast on a GPU that has bf16 (Ampere and newer; TF32 for what stays
+    fp32, see ``experiments/cell.py``), fp32 everywhere else (CPUs: autocast costs accuracy
+    checks for little gain on small models). Any other value is kept."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+    if on_gpu and (torch.cuda.is_bf16_supported() if bf16 is None else bf16):
+        return "bf16-mixed"
+    return "32-true"
 
 
 def batch_advice(global_batch: int, world: int, accumulate: int) -> str:
@@ -221,6 +240,8 @@ def _base_card(ablation: Ablation, variant_name: str, seed: int, run: Run, cell:
         "augment": {"name": r.data.augment, "scale_range": r.data.scale_range,
                     **AUGMENT_DETAILS[r.data.augment]},
         "precision": r.trainer.precision, "channels_last": r.trainer.channels_last,
+        # with mixed precision, what stays fp32 runs as TF32 on GPUs that have it
+        "tf32": r.trainer.precision in ("bf16-mixed", "16-mixed"),
         "deterministic": r.trainer.deterministic,
         "eval": dataclasses.asdict(r.eval),
         "val_every": r.trainer.val_every, "checkpoint_every": r.trainer.checkpoint_every,

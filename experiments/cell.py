@@ -38,6 +38,8 @@ from experiments.card import RUNTIME_FIELDS, Cell, Run
 from experiments.checkpoints import AtomicCheckpointIO, BestCheckpoint, ResultsTrainer, resume_checkpoint
 from experiments.distributed import RNGState, SyncBatchNormCount, SyncBatchNormPlugin
 from experiments.lock import CellLock, describe
+from experiments.progress import SweepClock
+from experiments.progress import callbacks as progress_callbacks
 from experiments.recipe import as_dict
 from experiments.table import write_text_atomic
 from experiments.tasks import get_task
@@ -78,7 +80,8 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_datamodule,
-             wandb_project: str | None, verbose: bool = True, accelerator: str = "auto") -> dict[str, Any] | None:
+             wandb_project: str | None, verbose: bool = True,
+             progress: tuple[SweepClock, int] | None = None) -> dict[str, Any] | None:
     """Train and evaluate one cell described by its recipe ``card``; return its metrics, or None
     when another process holds the cell's lock (the cell is left to it; not an error)."""
     lock = CellLock(run_dir)
@@ -87,13 +90,13 @@ def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_dat
               f"({describe(lock.holder or {})}; lock file {lock.path})")
         return None
     try:
-        return _run_cell(card, cell, run, run_dir, make_datamodule, wandb_project, verbose, accelerator)
+        return _run_cell(card, cell, run, run_dir, make_datamodule, wandb_project, verbose, progress)
     finally:
         lock.release()
 
 
 def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_datamodule,
-              wandb_project: str | None, verbose: bool, accelerator: str) -> dict[str, Any]:
+              wandb_project: str | None, verbose: bool, progress: tuple[SweepClock, int] | None) -> dict[str, Any]:
     metrics_file = run_dir / "metrics.json"
     config_file = run_dir / "config.json"
     config = {"card": card, "recipe": as_dict(cell.recipe)}  # the card, and the recipe to rebuild it
@@ -110,6 +113,8 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         return json.loads(metrics_file.read_text())
 
     recipe, seed = cell.recipe, card["seed"]
+    if card.get("tf32") and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     L.seed_everything(seed, workers=True, verbose=False)
     datamodule = make_datamodule(seed)  # the seed drives shuffling and augmentation
     num_classes = datamodule.num_classes
@@ -138,13 +143,15 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
     sync_count = SyncBatchNormCount()
     sync_plugin = SyncBatchNormPlugin()
     trainer = ResultsTrainer(
-        accelerator=accelerator, devices=run.devices, num_nodes=run.num_nodes,
+        accelerator=run.accelerator, devices=run.devices, num_nodes=run.num_nodes,
         # "ddp", never "ddp_spawn": the spawn launcher's metric state double-counts on CPU
         strategy="ddp" if world > 1 else "auto",
         plugins=[AtomicCheckpointIO(), *([sync_plugin] if sync_bn else [])],
         precision=tr.precision, max_steps=tr.max_steps, accumulate_grad_batches=tr.accumulate,
         val_check_interval=min(tr.val_every, tr.max_steps), check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        callbacks=[last_ckpt, best_ckpt, throughput, RNGState(), sync_count], logger=loggers,
+        callbacks=[last_ckpt, best_ckpt, throughput, RNGState(), sync_count,
+                   *progress_callbacks(*(progress or (SweepClock([tr.max_steps]), 0)),
+                                       f"{card['variant']} seed{seed}", verbose)], logger=loggers,
         default_root_dir=run_dir, deterministic=tr.deterministic, log_every_n_steps=tr.log_every,
         enable_progress_bar=verbose, enable_model_summary=False,
     )

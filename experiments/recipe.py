@@ -35,7 +35,7 @@ AUGMENTATIONS = ("none", "flip", "deeplab", "pspnet")  # datamodules.transforms.
 LR_SCHEDULES = ("poly", "step", "constant")
 BN_MODES = ("trained", "frozen")
 EVAL_MODES = ("whole", "ms_flip", "sliding")
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
 
 
 class RecipeError(ValueError):
@@ -81,7 +81,7 @@ class Trainer:
     val_every: int = 2000
     checkpoint_every: int = 500
     log_every: int = 50
-    precision: str = "32-true"
+    precision: str = "auto"             # bf16 autocast on GPUs that have it, fp32 elsewhere
     deterministic: bool = False
     accumulate: int = 1
     sync_batchnorm: bool = True         # SyncBatchNorm when world size > 1
@@ -338,7 +338,7 @@ SMOKE: dict[str, Any] = {
               "poly_power": 0.9, "lr_steps": (), "warmup_steps": 20, "head_lr_mult": 1.0,
               "bias_lr_mult": 1.0, "bn": "trained"},
     "trainer": {"max_steps": 300, "val_every": 300, "checkpoint_every": 100, "deterministic": True,
-                "precision": "32-true", "log_every": 10, "accumulate": 1},
+                "log_every": 10, "accumulate": 1},
     "eval": {"mode": "whole", "pad_to": None, "scales": (1.0,), "flip": False, "window": None,
              "stride": None},
 }

@@ -32,6 +32,7 @@ from typing import Any
 from experiments.card import Run, dataset_key, recipe_card, resolve
 from experiments.cell import run_cell
 from experiments.distributed import global_rank
+from experiments.progress import SweepClock
 from experiments.recipe import PRECISIONS, RecipeError
 from experiments.spec import Ablation
 from experiments.table import collect_rows, render_csv, render_markdown, write_text_atomic
@@ -80,7 +81,8 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
     p.add_argument("--devices", type=POSITIVE_INT, default=1)
     p.add_argument("--num-nodes", type=POSITIVE_INT, default=1)
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
-    p.add_argument("--precision", choices=PRECISIONS, help="recipe trainer.precision, e.g. bf16-mixed")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="recipe trainer.precision (default auto: bf16-mixed on GPUs with bf16, else 32-true)")
     p.add_argument("--max-steps", type=POSITIVE_INT)
     p.add_argument("--batch-size", type=POSITIVE_INT,
                    help="per-device batch; changes the global batch (recorded as a deviation)")
@@ -229,7 +231,7 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> tuple[argparse.Nam
         p.error(f"unknown variant(s) {unknown}; this ablation has {list(ablation.variants)}")
     args.names = list(dict.fromkeys(names))
     run = Run(data=args.data, data_root=str(args.data_root) if args.data_root else None, preset=args.preset,
-              devices=args.devices, num_nodes=args.num_nodes, batch_size=args.batch_size,
+              devices=args.devices, num_nodes=args.num_nodes, accelerator=args.accelerator, batch_size=args.batch_size,
               changes=command_line_changes(p, args), synthetic_task=args.synthetic_task)
     try:  # every cell's recipe and card is checked before anything runs or is written
         args.cells = {name: resolve(ablation, name, run) for name in args.names}
@@ -342,10 +344,16 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
         # Under DDP every process runs this loop (Lightning's launcher reruns the script for the
         # other ranks; srun/torchrun start them all); a cell decides skip/resume/train the same
         # way on every rank because they all see the same run directory.
+        todo = [(name, seed) for name in names for seed in seeds
+                if not (out_dir / name / f"seed{seed}" / "metrics.json").exists()]
+        sweep = SweepClock([args.cells[name].recipe.trainer.max_steps for name, _ in todo])
+        if todo and global_rank() == 0:
+            print(f"[sweep] {len(todo)} cell(s) to train, {sum(sweep.steps):,} optimiser steps")
         for name in names:
             cell = args.cells[name]
             for seed in seeds:
                 card = cards[name] if seed == seeds[0] else {**cards[name], "seed": seed}
+                index = todo.index((name, seed)) if (name, seed) in todo else None
 
                 def make_datamodule(s: int, cell=cell):
                     return dataset.build(run.data_root, card["data_source"]["synthetic_task"], s,
@@ -353,7 +361,7 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
 
                 run_cell(card, cell, run, out_dir / name / f"seed{seed}", make_datamodule,
                          args.wandb_project if args.logger == "wandb" else None, verbose=not args.quiet,
-                         accelerator=args.accelerator)
+                         progress=(sweep, index) if index is not None else None)
     if global_rank() != 0:  # the table is written once, by rank 0
         return []
     # One cell (e.g. a job-array task) refreshes the whole table from the finished cells, as

@@ -223,3 +223,30 @@ def test_aux_weight_needs_a_model_with_an_aux_head(capsys):
     (card,) = cards(capsys, psp, "--variant", "baseline", "--seed", "0", "--set", "model.aux=false",
                     "--set", "optim.aux_weight=0")
     assert card["aux_weight"] == 0 and "aux_weight: 0.0 (paper: 0.4)" in card["deviations"]
+
+
+# --------------------------------------------------------------------------- precision
+@pytest.mark.parametrize("accelerator,cuda,bf16,expected", [
+    ("auto", True, True, "bf16-mixed"), ("gpu", True, True, "bf16-mixed"), ("auto", True, False, "32-true"),
+    ("auto", False, False, "32-true"), ("cpu", True, True, "32-true"),
+])
+def test_auto_precision_is_bf16_on_gpus_that_have_it_and_fp32_on_cpus(accelerator, cuda, bf16, expected):
+    from experiments.card import resolve_precision
+
+    assert resolve_precision("auto", accelerator, cuda=cuda, bf16=bf16) == expected
+    assert resolve_precision("32-true", accelerator, cuda=cuda, bf16=bf16) == "32-true"
+
+
+def test_paper_preset_card_records_the_resolved_precision(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a fake GPU machine
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    (card,) = cards(capsys, TINY, "--data", "voc", "--data-root", "/x", "--variant", "r50", "--seed", "0")
+    assert card["precision"] == "bf16-mixed" and card["tf32"] is True
+    (card,) = cards(capsys, TINY, "--data", "voc", "--data-root", "/x", "--variant", "r50", "--seed", "0",
+                    "--precision", "32-true")
+    assert card["precision"] == "32-true" and card["tf32"] is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (card,) = cards(capsys, TINY, "--data", "voc", "--data-root", "/x", "--variant", "r50", "--seed", "0")
+    assert card["precision"] == "32-true"

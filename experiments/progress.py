@@ -1,0 +1,162 @@
+"""Time you can plan with: per-cell and per-sweep progress with measured steps/s and ETAs.
+
+:class:`SweepClock` knows how many optimiser steps every cell of a sweep still has to run and
+measures the rate of the steps that ran, after ``warmup`` steps of each cell (start-up, cuDNN
+autotuning, first-batch allocation) and without the time spent in validation or checkpoints.
+The cell's ETA is its remaining steps at the current cell's rate; the sweep's adds the remaining
+steps of the cells not started yet at the mean rate measured so far (variants differ in speed,
+so it sharpens as the sweep goes on). The clock is injectable, so the arithmetic is tested on a
+fake one.
+
+:class:`StepProgressBar` is Lightning's tqdm bar counting optimiser steps of ``max_steps``
+(not the "Epoch 2/-2" of a step-based run), with the ETAs in its postfix; with ``--quiet``,
+:class:`ProgressLog` prints one line every ``every_s`` seconds instead (cluster logs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+@dataclass
+class SweepClock:
+    steps: Sequence[int]                   # optimiser steps each cell of the sweep has to run
+    warmup: int = 5
+    clock: Callable[[], float] = time.monotonic
+    cell: int = -1
+    done: int = 0                          # steps done in the current cell
+    _measured_steps: int = 0               # post-warm-up steps with a measured duration
+    _measured_seconds: float = 0.0
+    _cell_steps: int = 0
+    _cell_seconds: float = 0.0
+    _seen: int = 0                         # steps seen in this cell (for the warm-up)
+    _last: float | None = field(default=None, repr=False)
+
+    def start_cell(self, index: int, done: int = 0) -> None:
+        """Cell ``index`` starts (or resumes) with ``done`` of its steps already done."""
+        self.cell, self.done = index, done
+        self._cell_steps, self._cell_seconds, self._seen, self._last = 0, 0.0, 0, None
+
+    def step(self, global_step: int) -> None:
+        """An optimiser step ended; ``global_step`` is the cell's step count after it."""
+        now = self.clock()
+        self._seen += 1
+        if self._last is not None and self._seen > self.warmup:
+            dt, n = now - self._last, max(1, global_step - self.done)
+            self._cell_steps += n
+            self._cell_seconds += dt
+            self._measured_steps += n
+            self._measured_seconds += dt
+        self.done, self._last = global_step, now
+
+    def pause(self) -> None:
+        """Validation or a checkpoint: the next interval is not a training step's."""
+        self._last = None
+
+    def rate(self) -> float | None:
+        """Steps per second of the current cell (after warm-up); None while unmeasured."""
+        return self._cell_steps / self._cell_seconds if self._cell_seconds > 0 else None
+
+    def mean_rate(self) -> float | None:
+        return self._measured_steps / self._measured_seconds if self._measured_seconds > 0 else None
+
+    def cell_eta(self) -> float | None:
+        rate = self.rate()
+        return None if rate is None else (self.steps[self.cell] - self.done) / rate
+
+    def sweep_eta(self) -> float | None:
+        cell, mean = self.cell_eta(), self.mean_rate()
+        if cell is None or mean is None:
+            return None
+        return cell + sum(self.steps[self.cell + 1:]) / mean
+
+    def summary(self) -> str:
+        rate = self.rate()
+        return (f"cell {self.cell + 1}/{len(self.steps)}: step {self.done}/{self.steps[self.cell]}, "
+                f"{'?' if rate is None else f'{rate:.2f}'} steps/s, cell ETA {format_duration(self.cell_eta())}, "
+                f"sweep ETA {format_duration(self.sweep_eta())}")
+
+
+class _Timing(L.Callback):
+    """Feeds a :class:`SweepClock` from the training loop (rank 0's clock)."""
+
+    def __init__(self, sweep: SweepClock, index: int) -> None:
+        self.sweep, self.index = sweep, index
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.sweep.start_cell(self.index, trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.sweep.step(trainer.global_step)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.sweep.pause()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.sweep.pause()
+
+
+class StepProgressBar(TQDMProgressBar):
+    """tqdm bar over the cell's optimiser steps, ``step n/max_steps``, ETAs in the postfix."""
+
+    def __init__(self, sweep: SweepClock, label: str) -> None:
+        super().__init__()
+        self.sweep, self.label = sweep, label
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        bar = self.train_progress_bar
+        if bar.total != trainer.max_steps:  # once per cell: epochs do not restart the bar
+            bar.reset(total=trainer.max_steps)
+            bar.n = trainer.global_step
+            bar.set_description(f"{self.label} [cell {self.sweep.cell + 1}/{len(self.sweep.steps)}]")
+
+    def _postfix(self, trainer, pl_module) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and not bar.disable:
+            bar.n = trainer.global_step
+            bar.set_postfix({**self.get_metrics(trainer, pl_module),
+                             "ETA cell": format_duration(self.sweep.cell_eta()),
+                             "sweep": format_duration(self.sweep.sweep_eta())}, refresh=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._postfix(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._postfix(trainer, pl_module)
+
+
+class ProgressLog(L.Callback):
+    """One progress line every ``every_s`` seconds (rank 0), for logs without a terminal."""
+
+    def __init__(self, sweep: SweepClock, label: str, every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.sweep, self.label, self.every_s, self.clock = sweep, label, every_s, clock
+        self._next = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = self.clock()
+        if self._next is None:
+            self._next = now + self.every_s
+        elif now >= self._next and trainer.is_global_zero:
+            print(f"[progress] {self.label}: {self.sweep.summary()}", flush=True)
+            self._next = now + self.every_s
+
+
+def callbacks(sweep: SweepClock, index: int, label: str, verbose: bool) -> list[L.Callback]:
+    """The timing callback first (so the bar and the log see this step's rate), then the display."""
+    display = StepProgressBar(sweep, label) if verbose else ProgressLog(sweep, label)
+    return [_Timing(sweep, index), display]

@@ -1,0 +1,53 @@
+"""Sweep progress and ETAs on a fake clock."""
+
+import pytest
+
+from experiments.progress import SweepClock, format_duration
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_steps(sweep: SweepClock, clock: FakeClock, first: int, last: int, seconds_per_step: float) -> None:
+    for step in range(first, last + 1):
+        clock.now += seconds_per_step
+        sweep.step(step)
+
+
+def test_eta_of_the_cell_and_the_sweep_after_warmup():
+    clock = FakeClock()
+    sweep = SweepClock([100, 100, 50], warmup=3, clock=clock)
+    sweep.start_cell(0)
+    clock.now += 30.0  # a slow first step (start-up) is warm-up, not rate
+    sweep.step(1)
+    assert sweep.rate() is None and sweep.cell_eta() is None and "?" in sweep.summary()
+    run_steps(sweep, clock, 2, 20, 0.5)
+    assert sweep.rate() == pytest.approx(2.0)          # 2 steps/s once warmed up
+    assert sweep.cell_eta() == pytest.approx(80 / 2.0)
+    assert sweep.sweep_eta() == pytest.approx(40 + 150 / 2.0)
+    clock.now += 100.0  # validation: not counted as a training interval
+    sweep.pause()
+    sweep.step(21)
+    assert sweep.rate() == pytest.approx(2.0)
+
+
+def test_a_resumed_cell_counts_its_remaining_steps_and_later_cells_use_the_mean_rate():
+    clock = FakeClock()
+    sweep = SweepClock([100, 60], warmup=1, clock=clock)
+    sweep.start_cell(0, done=90)  # resumed from a checkpoint at step 90
+    run_steps(sweep, clock, 91, 95, 1.0)
+    assert sweep.cell_eta() == pytest.approx(5.0) and sweep.sweep_eta() == pytest.approx(65.0)
+    sweep.start_cell(1)
+    assert sweep.cell_eta() is None  # the new cell's own rate is not measured yet
+    run_steps(sweep, clock, 1, 5, 0.25)
+    assert sweep.rate() == pytest.approx(4.0) and sweep.cell_eta() == pytest.approx(55 / 4.0)
+    assert "cell 2/2: step 5/60" in sweep.summary()
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (None, 5.2, 65, 3700)] == ["?", "5s", "1m05s", "1h01m"]
