@@ -163,3 +163,33 @@ def test_process_pool_generation_is_bit_identical():
     ds = MultiScaleShapes("val", 8, 96)
     np.testing.assert_array_equal(cache.generate_items(ds, workers=2),
                                   cache.generate_items(ds, workers=1))
+
+
+@pytest.mark.slow
+def test_gpu_train_benchmark_tiny_runs_on_the_cpu_and_writes_one_row_per_configuration(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo))
+    from benchmarks.gpu_train import CONFIGS
+
+    out = tmp_path / "tiny.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_train.py"), "--tiny",
+                           "--device", "cpu", "--json", str(out)], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["key"] for r in result["rows"]] == [c.key for c in CONFIGS]
+    for row in result["rows"]:
+        step, loader = row["step"], row["loader"]
+        timed = "step_s" in step
+        assert timed or row["key"] == "torchvision_deeplabv3", row
+        if timed:
+            assert step["step_s"] > 0 and step["images_per_s"] > 0 and step["warmup_s"] > 0
+        assert loader["images_per_s"] > 0 and loader["images"] > 0
+        assert f"| {row['title']} |" in proc.stdout  # and one markdown row each
