@@ -94,7 +94,7 @@ def decode_only(ds: VOCSegmentation, decoder: str) -> float:
     return len(ds) / (time.perf_counter() - t0)
 
 
-def pipeline(ds: VOCSegmentation, workers: int, batch: int, passes: int) -> float:
+def pipeline(ds: VOCSegmentation, workers: int, batch: int, passes: int) -> dict[str, float]:
     loader = DataLoader(
         ds,
         batch_size=batch,
@@ -105,15 +105,28 @@ def pipeline(ds: VOCSegmentation, workers: int, batch: int, passes: int) -> floa
         persistent_workers=True,
         generator=torch.Generator().manual_seed(0),
     )
+    return loader_throughput(loader, passes)
+
+
+def loader_throughput(loader, passes: int = 1, max_batches: int | None = None) -> dict[str, float]:
+    """Images/s that `loader` yields over `passes` epochs (or `max_batches` batches), its first
+    batch excluded (worker start-up: ``first_batch_s``). Also used by
+    ``benchmarks/gpu_train.py``."""
+    t0 = time.perf_counter()
     it = iter(loader)
     next(it)  # workers started, first batch out
-    count, t0 = 0, time.perf_counter()
+    first = time.perf_counter() - t0
+    count, batches, t0 = 0, 0, time.perf_counter()
     for p in range(passes):
         for x, _ in it:
-            count += x.shape[0]
-        if p + 1 < passes:
-            it = iter(loader)
-    return count / (time.perf_counter() - t0)
+            count, batches = count + x.shape[0], batches + 1
+            if max_batches is not None and batches >= max_batches:
+                break
+        if (max_batches is not None and batches >= max_batches) or p + 1 == passes:
+            break
+        it = iter(loader)
+    return {"images_per_s": count / (time.perf_counter() - t0), "first_batch_s": first,
+            "images": count}
 
 
 def machine() -> str:
@@ -162,7 +175,8 @@ def main() -> None:
                     if augment is None:
                         timings[decoder].append(decode_only(ds, decoder))
                     else:
-                        timings[decoder].append(pipeline(ds, w, args.batch_size, args.passes))
+                        timings[decoder].append(
+                            pipeline(ds, w, args.batch_size, args.passes)["images_per_s"])
             for decoder in decoders:
                 results[name, str(w), decoder] = statistics.median(timings[decoder])
             print(

@@ -29,28 +29,50 @@ CASES = [  # name, kwargs, image size of its smoke task
 ]
 
 
-def images_per_second(model, x, y, dtype, channels_last, steps, warmup, device) -> float:
-    model = model.to(device).train()
+def time_train_step(model, x, y, dtype=torch.float32, channels_last=False, steps=8, warmup=3,
+                    aux_weight=0.0) -> dict[str, float]:
+    """Time forward + backward + SGD step of `model` on batch (x, y): ``warmup_s`` (all warm-up
+    steps together, excluded from the rest), ``step_s`` (median of `steps` timed steps) and
+    ``images_per_s``. ``aux_weight`` > 0 adds the auxiliary head's loss (PSPNet: 0.4).
+    Also used by ``benchmarks/gpu_train.py``."""
+    device = x.device.type
+    model = model.to(x.device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    times = []
-    for step in range(warmup + steps):
+
+    def sync() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
+
+    times = []
+    sync()
+    start = time.perf_counter()
+    for step in range(warmup + steps):
+        sync()
         t0 = time.perf_counter()
         with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
-            out = model(x)["out"]
-        loss = torch.nn.functional.cross_entropy(out.float(), y)
+            outputs = model(x)
+        loss = torch.nn.functional.cross_entropy(outputs["out"].float(), y)
+        if aux_weight and "aux" in outputs:
+            loss = loss + aux_weight * torch.nn.functional.cross_entropy(outputs["aux"].float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
-    return x.shape[0] / statistics.median(times)
+        elif step == warmup - 1:
+            warmup_s = time.perf_counter() - start
+    step_s = statistics.median(times)
+    return {"warmup_s": warmup_s if warmup else 0.0, "step_s": step_s,
+            "images_per_s": x.shape[0] / step_s}
+
+
+def images_per_second(model, x, y, dtype, channels_last, steps, warmup, device) -> float:
+    return time_train_step(model, x.to(device), y.to(device), dtype, channels_last, steps,
+                           warmup)["images_per_s"]
 
 
 def main() -> None:
