@@ -189,10 +189,13 @@ class SegmentationModule(L.LightningModule):
         known = torch.tensor(self._eval_order[start:start + n], dtype=torch.long)
         return torch.cat([known, known.new_full((n - len(known),), -1)])
 
-    def _start_eval(self, loaders) -> None:
+    def _start_eval(self, stage: str) -> None:
         self._set_eval_stride(True)
         self._eval_seen = 0
-        order = evaluation_order(loaders)
+        if self._trainer is None:  # called by hand (experiments.results_folder): positions
+            self._eval_order = None
+            return
+        order = evaluation_order(getattr(self.trainer, f"{stage}_dataloaders"))
         self._eval_order = order if order is not None else []  # [] -> every index unknown (-1)
 
     def _eval_step(self, batch, stage: str) -> None:
@@ -231,10 +234,10 @@ class SegmentationModule(L.LightningModule):
         self.last_metrics.update(results)
 
     def on_validation_epoch_start(self) -> None:
-        self._start_eval(self.trainer.val_dataloaders)
+        self._start_eval("val")
 
     def on_test_epoch_start(self) -> None:
-        self._start_eval(self.trainer.test_dataloaders)
+        self._start_eval("test")
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
