@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.recipes import deeplab  # noqa: E402
 from experiments.runner import main  # noqa: E402
-from experiments.spec import Ablation, Option, Variant  # noqa: E402
+from experiments.spec import Ablation, Claim, Option, Variant  # noqa: E402
 
 
 def variants(backbone: str) -> dict[str, Variant]:
@@ -59,6 +59,12 @@ ABLATION = Ablation(
     paper=deeplab.PAPER,
     options={"backbone": Option(("vgg16", "resnet101"), "vgg16", variants,
                                 "vgg16: Table 3 (LargeFOV, ASPP-S, ASPP-L); resnet101: Table 4")},
+    claims=(
+        Claim("LargeFOV", "ASPP-S", ">", source="DeepLab v2 Table 3"),
+        Claim("LargeFOV", "ASPP-L", ">", source="DeepLab v2 Table 3"),
+        Claim("ASPP-S", "ASPP-L", ">", source="DeepLab v2 Table 3"),
+        Claim("LargeFOV-R101", "ASPP-L-R101", ">", source="DeepLab v2 Table 4"),
+    ),
 )
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 ``results/<ablation>/<dataset>-<preset>/<variant>/seed<k>/`` holds ``config.json`` (the cell's
 recipe card, ``experiments/card.py``), ``checkpoints/{last,best}.ckpt``, ``logs/attempt-<n>/`` (CSV metrics of each run or
 resume; read them with ``experiments.training_log.read_training_log``) and, once the run
-finished, ``metrics.json``. A cell whose ``metrics.json`` exists is skipped; a cell with a
+finished, ``metrics.json`` and (semantic tasks) ``per_image_val.npz`` (``per_image_val_crf.npz``
+with the CRF): each validation image's per-class counts (``lightning_modules/per_image.py``), what
+``python -m experiments.compare`` resamples. A cell whose ``metrics.json`` exists is skipped; a cell with a
 checkpoint but no metrics resumes from the newest valid one of ``checkpoints/last.ckpt`` (every
 ``checkpoint_every`` steps) and Lightning's SLURM ``hpc_ckpt_<n>.ckpt``, exactly
 (``experiments/checkpoints.py``). Files, checkpoints included, are written atomically (temporary
@@ -45,6 +47,7 @@ from experiments.table import write_text_atomic
 from experiments.tasks import get_task
 from experiments.tracking import Throughput, log_predictions, make_wandb_logger
 from experiments.training_log import attempt_logger
+from lightning_modules import per_image
 from models import build_model
 from models.sync_batchnorm import revert_sync_batchnorm
 
@@ -204,5 +207,9 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
             log_predictions(wandb_logger, module, datamodule, datamodule.class_names)
         wandb_logger.experiment.finish()
     if trainer.is_global_zero:
+        # per-image counts first: metrics.json marks the cell finished
+        ids = getattr(getattr(datamodule, "val_set", None), "ids", None)
+        for key, rows in getattr(module, "last_per_image", {}).items():
+            per_image.save(run_dir / per_image.file_name(key), per_image.with_image_ids(rows, ids))
         write_json_atomic(metrics_file, result)
     return result

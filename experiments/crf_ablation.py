@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.aspp_ablation import ABLATION as ASPP  # noqa: E402
 from experiments.recipes import deeplab  # noqa: E402
 from experiments.runner import main  # noqa: E402
-from experiments.spec import Ablation  # noqa: E402
+from experiments.spec import Ablation, Claim  # noqa: E402
 
 ABLATION = Ablation(
     name="crf",
@@ -39,6 +39,14 @@ ABLATION = Ablation(
     variants={name: ASPP.variants[name] for name in ("LargeFOV", "ASPP-L")},
     paper_data="voc",
     paper=deeplab.CRF,   # every cell is evaluated before and after the CRF
+    claims=(
+        Claim("LargeFOV", "LargeFOV", ">", eval_b="val_crf", source="DeepLab v2 Table 3"),
+        Claim("ASPP-L", "ASPP-L", ">", eval_b="val_crf", source="DeepLab v2 Table 3"),
+        # the CRF sharpens boundaries: plotted as mean IoU in a band around them, no table
+        Claim("LargeFOV", "LargeFOV", ">", "trimap_miou", eval_b="val_crf", source="DeepLab v1 Fig. 5 (trimap)"),
+        Claim("ASPP-L", "ASPP-L", ">", "trimap_miou", eval_b="val_crf", source="DeepLab v1 Fig. 5 (trimap)"),
+        Claim("LargeFOV", "ASPP-L", ">", eval_a="val_crf", eval_b="val_crf", source="DeepLab v2 Table 3"),
+    ),
 )
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.recipes import deeplab_v3  # noqa: E402
 from experiments.runner import main  # noqa: E402
-from experiments.spec import Ablation, Variant  # noqa: E402
+from experiments.spec import Ablation, Claim, Variant  # noqa: E402
 
 
 def v3(multi_grid, atrous_rates=(6, 12, 18), image_pooling=False) -> dict:
@@ -54,6 +54,13 @@ ABLATION = Ablation(
     paper=deeplab_v3.PAPER,          # ResNet-101, as Tables 3, 5 and 6
     # ResNet-50 at 1/8 width: a ResNet-101 trains too slowly from scratch on a CPU
     smoke={"model": {"backbone": "resnet50"}},
+    claims=(
+        Claim("MG(1,1,1)", "MG(1,2,1)", ">", source="DeepLab v3 Table 5"),
+        Claim("MG(1,2,1)", "MG(1,2,4)", ">", source="DeepLab v3 Table 5"),
+        Claim("MG(1,2,4)", "MG(1,2,4) rates+24", "≈", source="DeepLab v3 Table 5 (rate 24: -0.12)"),
+        Claim("MG(1,2,4)", "MG(1,2,4) + image pooling", ">", source="DeepLab v3 Table 5"),
+        Claim("MG(1,2,4) + image pooling", "+ image pooling, eval OS 8", ">", source="DeepLab v3 Table 6"),
+    ),
 )
 
 if __name__ == "__main__":

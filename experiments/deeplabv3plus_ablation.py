@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.recipes import deeplab_v3  # noqa: E402
 from experiments.runner import main  # noqa: E402
-from experiments.spec import Ablation, Variant  # noqa: E402
+from experiments.spec import Ablation, Claim, Variant  # noqa: E402
 
 R101 = {"backbone": "resnet101", "output_stride": 16, "multi_grid": (1, 2, 4), "separable": False}
 XCEPTION = {"backbone": "xception65", "output_stride": 16}
@@ -60,6 +60,15 @@ ABLATION = Ablation(
     },
     paper_data="voc",
     paper=deeplab_v3.PAPER,   # v3+ Sec. 4: trained as v3 (crop 513, batch 16, lr 0.007, 30K at OS 16)
+    claims=(
+        Claim("R101 no decoder", "R101 decoder", ">", source="DeepLab v3+ Table 3"),
+        Claim("R101 no decoder", "R101 decoder", ">", "trimap_miou", source="DeepLab v3+ Fig. 5 (trimap)"),
+        Claim("R101 decoder", "R101 decoder, eval OS 8", ">", source="DeepLab v3+ Table 3"),
+        Claim("low-level 16, 1 conv", "low-level 48, 1 conv", ">", source="DeepLab v3+ Table 1"),
+        Claim("low-level 64, 1 conv", "low-level 48, 1 conv", ">", source="DeepLab v3+ Table 1"),
+        Claim("low-level 48, 1 conv", "R101 decoder", ">", source="DeepLab v3+ Table 2 (two 3x3 convs)"),
+        Claim("Xception-65 no decoder", "Xception-65 decoder", ">", source="DeepLab v3+ Table 5"),
+    ),
 )
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.recipes import pspnet  # noqa: E402
 from experiments.runner import main  # noqa: E402
-from experiments.spec import Ablation, Variant  # noqa: E402
+from experiments.spec import Ablation, Claim, Variant  # noqa: E402
 
 
 def psp(bins: tuple[int, ...], pooling: str = "avg", reduction: bool = False) -> dict:
@@ -51,6 +51,11 @@ ABLATION = Ablation(
     },
     paper_data="ade20k",
     paper=pspnet.PAPER,
+    claims=tuple(Claim(a, b, ">", source="PSPNet Table 1") for a, b in (
+        ("baseline", "B1 AVE"), ("baseline", "B1236 AVE"),                # global context helps
+        ("B1 MAX", "B1 AVE"), ("B1236 MAX", "B1236 AVE"), ("B1236 MAX DR", "B1236 AVE DR"),  # AVE > MAX
+        ("B1 AVE", "B1236 AVE"),                                          # the pyramid beats one bin
+        ("B1236 AVE", "B1236 AVE DR"))),                                  # dimension reduction helps
 )
 
 if __name__ == "__main__":

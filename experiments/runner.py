@@ -15,7 +15,8 @@ Presets:
 - ``paper``: the paper's recipe (``experiments/recipes/<paper>.py``) on the paper's dataset.
 
 Commands: ``run`` (default) trains the selected cells, skipping finished ones and resuming
-unfinished ones; ``collect`` builds the table from whatever cells finished; ``cells`` lists the
+unfinished ones; ``collect`` builds the table from whatever cells finished (followed by the
+claims table, ``experiments/claims.py``, when the ablation declares claims); ``cells`` lists the
 unfinished cells as ``VARIANT<tab>SEED`` lines (what ``experiments/slurm/submit.sh`` turns into
 a job array). ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes; the
 per-device batch is the paper's global batch / (N·M·accumulate).
@@ -412,10 +413,18 @@ def write_table(ablation: Ablation, args, run: Run, names: list[str], seeds: lis
         write_text_atomic(out_dir / ("results.csv" if key == "val" else "results_crf.csv"), render_csv(rows))
         rows_all += rows
         by_key[key] = (rows, title)
+    if ablation.claims:  # the papers' directions, tested (experiments/claims.py)
+        from experiments import claims
+
+        claim_rows = claims.evaluate_claims(ablation, out_dir)
+        claims_md = claims.render_markdown(by_key["val"][1], claim_rows)
+        write_text_atomic(out_dir / "claims.md", claims_md)
+        write_text_atomic(out_dir / "claims.csv", claims.render_csv(claim_rows))
+        text.append(claims_md)
     markdown = "\n".join(text)
     write_text_atomic(out_dir / "results.md", markdown)
     print("\n" + markdown)
-    print(f"(written to {out_dir / 'results.md'} and results.csv)")
+    print(f"(written to {out_dir / 'results.md'} and results.csv" + (", claims.md" if ablation.claims else "") + ")")
     figures = []
     if not args.no_figures:
         from experiments.figures import write_figures

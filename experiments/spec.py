@@ -54,6 +54,38 @@ class PaperNumber:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A direction a paper reports between two variants, tested on our runs (``experiments/claims.py``).
+
+    ``direction``: ``">"`` (B better than A, i.e. Δ = B − A > 0), ``"<"`` (B worse) or ``"≈"``
+    (|Δ| < ``tolerance`` points). ``eval_a``/``eval_b`` are evaluation keys: ``"val_crf"`` compares
+    after the dense CRF, so ``Claim("LargeFOV", "LargeFOV", ">", eval_b="val_crf")`` is "the CRF
+    helps". The paper's Δ is computed from the variants' paper keys (or ``paper``: two keys of
+    paper_numbers.toml for A and B, when the claim is from another table); ``paper_delta`` only
+    where no key has it. ``source`` names the table or section that states the claim.
+    """
+
+    a: str
+    b: str
+    direction: str
+    metric: str = "miou"
+    eval_a: str = "val"
+    eval_b: str = "val"
+    tolerance: float = 1.0                  # points, for "≈"
+    paper: tuple[str, str] | None = None    # paper_numbers.toml keys of A and B (default: the variants')
+    paper_delta: float | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.direction not in (">", "<", "≈"):
+            raise ValueError(f"Claim direction must be '>', '<' or '≈', got {self.direction!r}")
+        if self.tolerance <= 0:
+            raise ValueError(f"Claim tolerance must be > 0 points, got {self.tolerance}")
+        if (self.a, self.eval_a) == (self.b, self.eval_b):
+            raise ValueError(f"Claim compares {self.a!r} ({self.eval_a}) with itself")
+
+
+@dataclass(frozen=True)
 class Ablation:
     name: str                    # results/<name>/...
     title: str
@@ -65,6 +97,9 @@ class Ablation:
     smoke: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Option] = field(default_factory=dict)
     task: str = "semantic"       # a key of experiments.tasks.TASKS
+    # the papers' directions, tested in the claims table; claims naming variants of another
+    # --option choice are left out of that choice's table
+    claims: tuple[Claim, ...] = ()
 
     def with_option(self, option: str, choice: str) -> Ablation:
         return replace(self, variants=self.options[option].variants(choice))

@@ -10,7 +10,8 @@ they are arguments and are recorded with every result.
 ``pydensecrf`` (PyPI package ``pydensecrf2``) runs on the CPU, one image at a time.
 :class:`CRFEvaluator` refines every evaluated image's probabilities and scores the refined
 argmax with a copy of the module's metrics, so the before/after numbers sit side by side
-(``last_metrics["val"]`` and ``last_metrics["val_crf"]``).
+(``last_metrics["val"]`` and ``last_metrics["val_crf"]``), with per-image counts of both
+(``last_per_image["val_crf"]``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from lightning_modules.metrics import summarise
+from lightning_modules.per_image import per_image_counts
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,15 @@ class CRFEvaluator(nn.Module):
         rgb = denormalize(images, module.hparams.mean, module.hparams.std).cpu().numpy()
         p = probs.float().cpu().numpy()
         refined = [torch.from_numpy(dense_crf(rgb[i], p[i], self.params)) for i in range(len(rgb))]
-        self.metrics.update(torch.stack(refined).argmax(1).to(masks.device), masks)
+        self.metrics.update(torch.stack(refined).argmax(1).to(masks.device), masks,
+                            index=getattr(module, "batch_indices", None))
 
     def compute(self) -> dict[str, object]:
         return summarise(self.metrics)
+
+    def per_image(self) -> dict[str, np.ndarray] | None:
+        """The after-CRF per-image counts (``lightning_modules.per_image``)."""
+        return per_image_counts(self.metrics)
 
     def reset(self) -> None:
         self.metrics.reset()

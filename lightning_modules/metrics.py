@@ -14,6 +14,12 @@ classes present in the labels. Everything is computed from a single confusion ma
 accumulated over the dataset (torchmetrics ``MulticlassConfusionMatrix`` with
 ``ignore_index=255``, summed across processes) — never an average of per-image or per-batch IoUs,
 which weights small images and rare classes differently and is not what the papers report.
+
+Beside the matrices, :class:`PerImageCounts` keeps each evaluated image's per-class counts
+(intersection n_ii, labels t_i, predictions sum_j n_ji, for all pixels and within the trimap
+band): every one of the four metrics needs only the diagonal, the row sums and the column sums of
+the matrix, so the dataset-level metrics of *any subset or resample* of the images are
+recomputed exactly from them (``lightning_modules/per_image.py``, ``experiments/stats.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.utilities import dim_zero_cat
 
 from datamodules.constants import IGNORE_INDEX
 
@@ -56,7 +63,10 @@ class Evaluator(Protocol):
     where the results go: ``None`` adds them to ``last_metrics[stage]`` (the checkerboard
     statistic), ``"crf"`` reports them as ``last_metrics[f"{stage}_crf"]``, logged as
     ``f"{stage}_crf/miou"`` etc. Examples: ``lightning_modules.crf.CRFEvaluator``,
-    ``lightning_modules.checkerboard.CheckerboardEvaluator``.
+    ``lightning_modules.checkerboard.CheckerboardEvaluator``. Optionally ``per_image()`` returns
+    the per-image counts of the evaluator's own predictions (``lightning_modules.per_image``;
+    the CRF's), stored as ``last_per_image[key]``; ``module.batch_indices`` holds the batch's
+    dataset indices for it.
     """
 
     name: str | None
@@ -85,13 +95,17 @@ def metrics_from_confusion(cm: torch.Tensor) -> dict[str, object]:
     """
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise ValueError(f"confusion matrix must be square C×C, got shape {tuple(cm.shape)}")
-    cm = cm.double()
-    tp = cm.diag()
-    label_count = cm.sum(1)  # t_i
-    pred_count = cm.sum(0)
+    return metrics_from_counts(cm.diag(), cm.sum(1), cm.sum(0))
+
+
+def metrics_from_counts(tp: torch.Tensor, label_count: torch.Tensor, pred_count: torch.Tensor) -> dict[str, object]:
+    """:func:`metrics_from_confusion` from the matrix's diagonal ``tp``, row sums ``label_count``
+    (t_i) and column sums ``pred_count``: all the four metrics need (so per-image counts of a
+    subset of images give that subset's metrics exactly, ``lightning_modules/per_image.py``)."""
+    tp, label_count, pred_count = (torch.as_tensor(x).double() for x in (tp, label_count, pred_count))
     union = label_count + pred_count - tp
     total = label_count.sum()
-    nan = torch.tensor(float("nan"), dtype=cm.dtype)
+    nan = torch.tensor(float("nan"), dtype=tp.dtype)
     iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
     acc = torch.where(label_count > 0, tp / label_count.clamp(min=1), nan)
     present = union > 0
@@ -147,13 +161,74 @@ class TrimapConfusionMatrix(ConfusionMatrix):
         super().update(preds, trimap_target(target, self.width))
 
 
+def image_class_counts(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per image and class: (intersection, label pixels, predicted pixels), an N×3×C int64 tensor.
+
+    Pixels labelled 255 are left out (as by the confusion matrix); ``target`` must hold only
+    classes and 255 (:class:`ConfusionMatrix` checks that first in :func:`segmentation_metrics`).
+    Summed over images these are the diagonal, row sums and column sums of the confusion matrix.
+    """
+    n, c = target.shape[0], num_classes
+    valid = target != IGNORE_INDEX
+    image = torch.arange(n, device=target.device).view(n, *([1] * (target.dim() - 1))).expand_as(target)
+    key = image[valid] * c + target[valid]
+    pred = preds[valid]
+    hit = target[valid] == pred
+    counts = [torch.bincount(key[hit], minlength=n * c), torch.bincount(key, minlength=n * c),
+              torch.bincount(image[valid] * c + pred, minlength=n * c)]
+    return torch.stack(counts).view(3, n, c).transpose(0, 1)
+
+
+class PerImageCounts(Metric):
+    """Every evaluated image's :func:`image_class_counts`, over all labelled pixels and within the
+    trimap band, with the image's dataset index: ``compute()`` returns ``(index N, counts N×2×3×C)``
+    gathered from every process (in rank order; ``lightning_modules.per_image`` sorts and checks).
+
+    ``update(preds, target, index)``: ``index`` are the batch's dataset indices (the module knows
+    them from the evaluation sampler); without it, the running position on this process is used,
+    which is the dataset index for one process and a sequential loader only. ``-1`` marks an
+    unknown index (the per-image counts are then not reported).
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, width: int) -> None:
+        super().__init__()
+        self.num_classes, self.width = num_classes, width
+        self.add_state("image_index", default=[], dist_reduce_fx="cat")
+        self.add_state("image_counts", default=[], dist_reduce_fx="cat")
+        self._seen = 0
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor, index=None) -> None:
+        n = target.shape[0]
+        if index is None:
+            index = torch.arange(self._seen, self._seen + n)
+        index = torch.as_tensor(index, dtype=torch.long, device=target.device).reshape(-1)
+        if index.numel() != n:
+            raise ValueError(f"{index.numel()} image indices for a batch of {n} images")
+        self._seen += n
+        full = image_class_counts(preds, target, self.num_classes)
+        band = image_class_counts(preds, trimap_target(target, self.width), self.num_classes)
+        self.image_index.append(index)
+        self.image_counts.append(torch.stack([full, band], 1))
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return dim_zero_cat(self.image_index), dim_zero_cat(self.image_counts)
+
+    def reset(self) -> None:
+        super().reset()
+        self._seen = 0
+
+
 def segmentation_metrics(num_classes: int, trimap_width: int) -> MetricCollection:
-    """One evaluation's dataset-level confusion matrices, updated with ``(preds, masks)``: ``cm``
-    over every labelled pixel and ``trimap_cm`` within ``trimap_width`` px of a boundary."""
+    """One evaluation's dataset-level confusion matrices, updated with ``(preds, masks)`` (and
+    ``index=`` the images' dataset indices): ``cm`` over every labelled pixel, ``trimap_cm``
+    within ``trimap_width`` px of a boundary, and ``per_image`` (:class:`PerImageCounts`)."""
     # compute_groups=False: the two matrices have the same type and shape; torchmetrics would
     # merge their states if they happened to be equal after the first batch
     return MetricCollection({"cm": confusion_matrix_metric(num_classes),
-                             "trimap_cm": TrimapConfusionMatrix(num_classes, trimap_width)},
+                             "trimap_cm": TrimapConfusionMatrix(num_classes, trimap_width),
+                             "per_image": PerImageCounts(num_classes, trimap_width)},
                             compute_groups=False)
 
 

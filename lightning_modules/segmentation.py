@@ -19,6 +19,11 @@ optimiser, the learning-rate schedule and the logging (the lightning-hydra-templ
   within ``trimap_width`` px of label boundaries (DeepLab v1/v2), synced across processes.
   ``evaluators`` add more from the same probabilities: ``crf.CRFEvaluator`` (metrics after the
   dense CRF, as ``last_metrics["val_crf"]``), ``checkerboard.CheckerboardEvaluator``.
+- Per-image counts (``lightning_modules/per_image.py``): every evaluation also keeps each image's
+  per-class intersection/label/prediction counts with its dataset index (from the evaluation
+  sampler, so under DDP the rows of all processes are put back in dataset order, each image
+  once), as ``last_per_image["val"]`` (and ``["val_crf"]``): what ``experiments/stats.py``
+  resamples to put a confidence interval on a difference between two runs.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from datamodules.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from lightning_modules import optim
 from lightning_modules.inference import check_protocol, predict_probs
 from lightning_modules.metrics import Evaluator, segmentation_metrics, summarise
+from lightning_modules.per_image import evaluation_order, per_image_counts
 from lightning_modules.optim import lr_factor  # noqa: F401  (the schedule, importable from here)
 
 LOGGED = ("miou", "pixel_acc", "mean_acc", "fwiou", "trimap_miou", "checkerboard")
@@ -95,6 +101,10 @@ class SegmentationModule(L.LightningModule):
             ev.setup(self.metrics["val"])
         self.train_output_stride = getattr(model, "output_stride", None)
         self.last_metrics: dict[str, dict] = {}
+        self.last_per_image: dict[str, dict] = {}
+        self._eval_order: list[int] | None = None  # this process's evaluation indices, in order
+        self._eval_seen = 0
+        self.batch_indices: torch.Tensor | None = None  # dataset indices of the batch being evaluated
         if bn == "frozen":
             for m in self._batch_norms():
                 m.requires_grad_(False)
@@ -171,10 +181,28 @@ class SegmentationModule(L.LightningModule):
         return predict_probs(self, images, hp.eval_mode, scales=hp.eval_scales, flip=hp.eval_flip,
                              window=hp.eval_window, stride=hp.eval_stride, pad_to=hp.eval_pad_to)
 
+    def _next_indices(self, n: int) -> torch.Tensor:
+        """The dataset indices of the next ``n`` evaluated images (-1 where unknown)."""
+        start, self._eval_seen = self._eval_seen, self._eval_seen + n
+        if self._eval_order is None:  # no trainer (a direct call): the position is the index
+            return torch.arange(start, start + n)
+        known = torch.tensor(self._eval_order[start:start + n], dtype=torch.long)
+        return torch.cat([known, known.new_full((n - len(known),), -1)])
+
+    def _start_eval(self, stage: str) -> None:
+        self._set_eval_stride(True)
+        self._eval_seen = 0
+        if self._trainer is None:  # called by hand (experiments.results_folder): positions
+            self._eval_order = None
+            return
+        order = evaluation_order(getattr(self.trainer, f"{stage}_dataloaders"))
+        self._eval_order = order if order is not None else []  # [] -> every index unknown (-1)
+
     def _eval_step(self, batch, stage: str) -> None:
         images, masks = batch
         probs = self.predict_probs(images)
-        self.metrics[stage].update(probs.argmax(1), masks)
+        self.batch_indices = self._next_indices(len(masks)).to(masks.device)
+        self.metrics[stage].update(probs.argmax(1), masks, index=self.batch_indices)
         for ev in self.evaluators:
             ev.update(images, probs, masks, self)
 
@@ -186,10 +214,16 @@ class SegmentationModule(L.LightningModule):
         self._set_eval_stride(False)
         # every value comes from confusion matrices synced across processes: equal on every rank
         results = {stage: summarise(self.metrics[stage])}
+        per_image = {stage: per_image_counts(self.metrics[stage])}
         self.metrics[stage].reset()
         for ev in self.evaluators:
-            results.setdefault(f"{stage}_{ev.name}" if ev.name else stage, {}).update(ev.compute())
+            key = f"{stage}_{ev.name}" if ev.name else stage
+            results.setdefault(key, {}).update(ev.compute())
+            if hasattr(ev, "per_image"):  # optional: an evaluator with its own predictions
+                per_image[key] = ev.per_image()
             ev.reset()
+        self._eval_seen, self._eval_order, self.batch_indices = 0, None, None
+        self.last_per_image.update({k: v for k, v in per_image.items() if v is not None})
         if self.hparams.eval_output_stride is not None:
             results[stage]["eval_output_stride"] = self.hparams.eval_output_stride
         for prefix, metrics in results.items():
@@ -200,10 +234,10 @@ class SegmentationModule(L.LightningModule):
         self.last_metrics.update(results)
 
     def on_validation_epoch_start(self) -> None:
-        self._set_eval_stride(True)
+        self._start_eval("val")
 
     def on_test_epoch_start(self) -> None:
-        self._set_eval_stride(True)
+        self._start_eval("test")
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -135,6 +136,14 @@ def test_ddp_run_reports_the_metrics_of_one_process_on_the_same_weights(tmp_path
     for key in ("iou_per_class", "acc_per_class"):
         for a, b in zip(ddp["val"][key], single[key], strict=True):
             assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12), key
+    # per-image counts: the two ranks' rows (images 0, 2, 4 and 1, 3) back in dataset order, each
+    # once, equal to one process's
+    from lightning_modules import per_image
+
+    rows = per_image.load(d / "per_image_val.npz")
+    assert rows["index"].tolist() == [0, 1, 2, 3, 4]
+    for key, value in module.last_per_image["val"].items():
+        np.testing.assert_array_equal(rows[key], value, err_msg=key)
     table = (out / "tiny" / "synthetic_thin-smoke" / "results.md").read_text()
     # a one-cell run refreshes the whole table: its own row, the other variant missing
     assert "(n=1), missing seeds [1]" in table and "| FCN 8s | missing (2 seeds)" in table

@@ -4,7 +4,8 @@
 - ``models``: every model name with its paper, knobs and parameter count at 21 classes,
   counted on the meta device (no memory, no weights).
 - ``results-*``: the ``results.md`` files that the experiment scripts wrote under ``results/``
-  (see ``RESULT_SECTIONS``; run the scripts first), with their main figures copied to
+  (see ``RESULT_SECTIONS``; run the scripts first), each results table followed by its computed
+  claims table (``claims.md``, ``experiments/claims.py``), with their main figures copied to
   ``docs/figures/`` (committed, so the README shows them without the results folder).
 - ``receptive-fields``: the table and ERF maps of ``python -m tools.receptive_field``, and the
   RoIPool/RoIAlign figure of ``python -m tools.roi_quantisation``.
@@ -104,9 +105,12 @@ def results_section(ablation: str, dataset: str) -> str:
     path = folder / "results.md"
     if not path.exists():
         return f"_Not generated yet: run the script, then `python tools/readme_tables.py` ({path} missing)._"
+    text = path.read_text().strip()
+    claims = folder / "claims.md"
+    if claims.exists() and "## Claims" not in text:  # a results.md written before the claims table
+        text += "\n\n" + claims.read_text().strip()
     # one level below the README's "## Results" (results_crf adds a second table to the file)
-    text = "\n".join("##" + line if line.startswith("## ") else line
-                     for line in path.read_text().strip().splitlines())
+    text = "\n".join("##" + line if line.startswith("## ") else line for line in text.splitlines())
     links = [copy_figure(folder / "figures" / f, f"{ablation}-{dataset}-{f}")
              for f in SHOWN if (folder / "figures" / f).exists()]
     return text + ("\n\n" + " ".join(links) if links else "")
