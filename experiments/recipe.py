@@ -302,9 +302,9 @@ class ModelRule:
 
 
 def _accepts(model: str, kwarg: str) -> bool:
-    from models import builder
+    from models import builder_accepts
 
-    return kwarg in inspect.signature(builder(model)).parameters
+    return builder_accepts(model, kwarg)
 
 
 def _default_kwarg(model: str, kwarg: str) -> Any:

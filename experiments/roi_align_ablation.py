@@ -55,7 +55,7 @@ ABLATION = Ablation(
     # Whole 128 px images (no resizing), anchors 8-128 px for objects of 12-40 px, fewer
     # proposals; 300 steps. One cell (RoIAlign, seed 0, one thread) took 167 s in the runner
     # with the 2 cores shared by other jobs (load 8); ~0.2 s per step when less loaded.
-    smoke={"model": {"min_size": 128, "max_size": 128, "anchor_sizes": (8, 16, 32, 64, 128),
+    smoke={"model": {"frozen_bn": False, "min_size": 128, "max_size": 128, "anchor_sizes": (8, 16, 32, 64, 128),
                      "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
                      "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100,
                      "box_batch_size_per_image": 128, "box_detections_per_img": 50},

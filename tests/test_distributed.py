@@ -105,14 +105,14 @@ def test_ddp_run_reports_the_metrics_of_one_process_on_the_same_weights(tmp_path
     script = write_script(tmp_path)
     out = tmp_path / "out"
     log = run(script, "--out", str(out), "--variant", "32s", "--seed", "0", "--devices", "2",
-              "--accelerator", "cpu", "--max-steps", "4")
+              "--accelerator", "cpu", "--max-steps", "4", "--batch-size", "2")
     assert "2 process(es), global batch 4 (2 x 2 per device x 1 accumulation), SyncBatchNorm" in log
     d = cell_dir(out)
     ddp = json.loads((d / "metrics.json").read_text())
     config = json.loads((d / "config.json").read_text())
     card, recipe = config["card"], from_dict(config["recipe"])
     assert ddp["world_size"] == 2 and ddp["global_batch"] == 4 and ddp["steps"] == 4
-    assert ddp["sync_batchnorm_layers"] == 13 and card["bn"] == "sync" and card["batch_size_per_device"] == 1
+    assert ddp["sync_batchnorm_layers"] == 13 and card["bn"] == "sync" and card["batch_size_per_device"] == 2
     assert recipe.data.num_val == 5 and recipe.data.val_batch_size == 1
 
     dm = SyntheticDataModule(task="thin", seed=0, num_train=recipe.data.num_train, num_val=5,

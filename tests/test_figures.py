@@ -131,7 +131,7 @@ def test_loaded_cell_reproduces_its_validation_score(tiny):
     """Weights, hyperparameters and validation data rebuilt from the run directory give the
     run's own mIoU on the whole (5-image) validation set."""
     module, config = load_cell(tiny / "FCN 8s" / "seed0")
-    assert not module.training and config["variant"] == "FCN 8s"
+    assert not module.training and config["card"]["variant"] == "FCN 8s"
     samples = validation_samples(config, n=100)
     assert samples.indices == [0, 1, 2, 3, 4] and samples.rgb[0].dtype == np.uint8
     preds = predict_masks(module, samples)

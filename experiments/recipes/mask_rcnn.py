@@ -12,6 +12,7 @@ PAPER = Recipe(
     optim=Optim(optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4, lr_schedule="step",
                 lr_steps=(6750,), lr_gamma=0.1, warmup_steps=500, bn="frozen"),
     trainer=Trainer(max_steps=9000, val_every=3000),
+    model={"frozen_bn": True},   # the model freezes BN itself (torchvision's FrozenBatchNorm2d)
     notes=(
         "data: VOC (about 1/80 of COCO's images): 9,000 iterations with the step at the same 3/4 "
         "(ours), short side 800 as the paper",
