@@ -51,7 +51,10 @@ def test_every_variant_trains_one_step(script, tmp_path):
     tiny = dataclasses.replace(ablation, smoke=smoke)
     for extra in option_choices(ablation):
         out = tmp_path / "_".join(extra or ["default"])
-        rows = main(tiny, ["--out", str(out), "--quiet", "--seeds", "0", "--no-figures", *extra])
+        # steps and batch on the command line too: a variant's own smoke recipe (a schedule row)
+        # sits above the ablation's smoke changes
+        rows = main(tiny, ["--out", str(out), "--quiet", "--seeds", "0", "--no-figures", "--max-steps", "1",
+                           "--global-batch", "2", *extra])
         chosen = ablation.with_option(extra[0][2:], extra[1]) if extra else ablation
         crf = ablation.paper.eval.crf is not None
         # one row per variant (and again after the dense CRF, when the script runs it)
