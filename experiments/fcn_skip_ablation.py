@@ -33,7 +33,8 @@ ABLATION = Ablation(
     title="FCN: 32s vs 16s vs 8s",
     synthetic_task="thin",
     variants={
-        "FCN-32s-fixed": Variant("fcn32s", {}, "fcn.table2.fcn32s_fixed", recipe={"optim": {"train_only": ("score_fr",)}}),
+        "FCN-32s-fixed": Variant("fcn32s", {}, "fcn.table2.fcn32s_fixed",
+                                 recipe={"optim": {"train_only": ("score_fr",)}}),
         "FCN-32s": Variant("fcn32s", {}, "fcn.table2.fcn32s"),
         "FCN-16s": Variant("fcn16s", {}, "fcn.table2.fcn16s"),
         "FCN-8s": Variant("fcn8s", {}, "fcn.table2.fcn8s"),

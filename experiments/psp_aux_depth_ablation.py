@@ -45,8 +45,10 @@ def variants(table: str) -> dict[str, Variant]:
                                            recipe={"optim": {"aux_weight": alpha}})
         return rows
     full = {"bins": (1, 2, 3, 6), "pooling": "avg", "reduction": True}
-    rows = {f"ResNet{d}": Variant("pspnet", {**full, "backbone": f"resnet{d}"}, f"pspnet.table3.r{d}") for d in (50, 101, 152)}
-    for d in (50, 101, 152):  # ResNet152 + MS: number not transcribed (paper_numbers.toml)
+    rows = {}
+    for d in (50, 101, 152):
+        rows[f"ResNet{d}"] = Variant("pspnet", {**full, "backbone": f"resnet{d}"}, f"pspnet.table3.r{d}")
+    for d in (50, 101, 152):  # ResNet152 + MS: its number is not transcribed (paper_numbers.toml)
         rows[f"ResNet{d} + MS"] = Variant("pspnet", {**full, "backbone": f"resnet{d}"},
                                           f"pspnet.table3.r{d}_ms" if d != 152 else None, recipe=MS)
     return rows
@@ -59,7 +61,8 @@ ABLATION = Ablation(
     variants=variants("2"),
     paper_data="ade20k",
     paper=pspnet.PAPER,
-    options={"table": Option(("2", "3"), "2", variants, "2: auxiliary loss weight (R-50 baseline); 3: ResNet depth, +MS")},
+    options={"table": Option(("2", "3"), "2", variants,
+                             "2: auxiliary loss weight (R-50 baseline); 3: ResNet depth, + MS")},
 )
 
 if __name__ == "__main__":

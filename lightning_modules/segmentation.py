@@ -80,7 +80,7 @@ class SegmentationModule(L.LightningModule):
         check_protocol(eval_mode, eval_scales, eval_flip, eval_window, eval_stride, eval_pad_to)
         _check(eval_output_stride is None or hasattr(model, "set_output_stride"),
                f"eval_output_stride={eval_output_stride} needs a model that can change its output stride "
-               f"(DeepLab v3/v3+ with a ResNet); {type(model).__name__} cannot")
+               f"(DeepLab v3/v3+ with a ResNet or Xception); {type(model).__name__} cannot")
         _check(trimap_width >= 0, f"trimap_width must be >= 0, got {trimap_width}")
         for ev in evaluators:
             _check(isinstance(ev, nn.Module) and isinstance(ev, Evaluator), "evaluators must be nn.Modules "

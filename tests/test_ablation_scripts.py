@@ -99,9 +99,10 @@ def test_every_option_trains_one_step_on_the_paper_preset(script, tmp_path):
         chosen = ablation.with_option(extra[0][2:], extra[1]) if extra else ablation
         variant = next(iter(chosen.variants))
         out = tmp_path / "_".join(extra or ["default"])
+        # batch 2: BatchNorm after a global pooling (ASPP image pooling, PSPNet's bin 1) needs two images
         rows = main(ablation, ["--data", layout, "--data-root", str(root), "--variant", variant, "--seed", "0",
                                "--out", str(out), "--quiet", "--no-figures", "--width", "0.0625",
-                               "--pretrained", "false", "--max-steps", "1", "--batch-size", "1",
+                               "--pretrained", "false", "--max-steps", "1", "--batch-size", "2",
                                "--workers", "0", "--skip-data-check", "--set", "trainer.val_every=1", *flags, *extra])
         row = next(r for r in rows if r["variant"] == variant)
         assert row["n"] == 1 and row["mean"] is not None

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from experiments.card import Run, resolve
-from experiments.recipe import RecipeError, Recipe, override
+from experiments.recipe import Recipe, RecipeError, override
 from experiments.tasks import TASKS
 from lightning_modules.optim import frozen_norms, lr_factor
 from models import build_model
