@@ -1,5 +1,7 @@
 """DeepLab LargeFOV vs ASPP-S vs ASPP-L — DeepLab v2 (Chen et al., TPAMI 2017), Table 3 (VGG-16);
-``--backbone resnet101`` gives LargeFOV vs ASPP on ResNet-101 (Table 4).
+``--backbone resnet101`` gives LargeFOV vs ASPP on ResNet-101 (Table 4), and Table 4's first row
+("base": no MSC, COCO or random scaling; a 3×3 rate-1 classifier, as the paper does not describe
+its head). Table 4's other rows add MSC and COCO pre-training, which do not exist here (README).
 
 LargeFOV is one 3×3 fc6 at rate 12; ASPP sums the class scores of parallel branches at rates
 ASPP-S = (2, 4, 8, 12) or ASPP-L = (6, 12, 18, 24). The smoke preset uses the synthetic
@@ -42,7 +44,10 @@ def variants(backbone: str) -> dict[str, Variant]:
         }
     # Table 4: LargeFOV = a single rate-12 branch on the dilated ResNet; kazuto1011's recipe
     r101 = {**deeplab.RESNET101, "notes": deeplab.RESNET101_NOTES}
+    base = {**deeplab.RESNET101, "data": {"scale_range": (1.0, 1.0)}}  # no "Aug" (random scaling)
     return {
+        "base-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (1,)},
+                             "deeplab_v2.table4.base", recipe=base),
         "LargeFOV-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (12,)},
                                  "deeplab_v2.table4.largefov", recipe=r101),
         "ASPP-L-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (6, 12, 18, 24)},

@@ -66,6 +66,8 @@ def _layers(ablation: Ablation, variant_name: str, preset: str, rule_kwargs: Map
     if preset == "smoke":
         recipe = override(override(recipe, {**SMOKE, "model": dict(rule_kwargs)}), ablation.smoke)
     recipe = override(recipe, {"model": variant.kwargs, **variant.recipe})
+    if preset == "smoke":
+        recipe = override(recipe, variant.smoke)
     return override(recipe, changes)
 
 
@@ -179,6 +181,11 @@ def check_model_fits_recipe(model, recipe: Recipe) -> None:
     if recipe.optim.aux_weight > 0 and not getattr(model, "has_aux_head", False):
         raise RecipeError(f"optim.aux_weight={recipe.optim.aux_weight} needs a model with an auxiliary head; "
                           f"{type(model).__name__} has none (has_aux_head is False)")
+    children = [name for name, _ in model.named_children()]
+    unknown = [name for name in recipe.optim.train_only if name not in children]
+    if unknown:
+        raise RecipeError(f"optim.train_only: {unknown} are not top-level modules of {type(model).__name__}; "
+                          f"it has {children}")
 
 
 def model_summary(cell: Cell, num_classes: int) -> tuple[int, list[str]]:
@@ -248,6 +255,8 @@ def _base_card(ablation: Ablation, variant_name: str, seed: int, run: Run, cell:
         "log_every": r.trainer.log_every, "num_workers": r.data.num_workers,
         "smoke_rules": list(cell.smoke_rules), "notes": list(r.notes),
     }
+    if r.optim.train_only:  # only then: cards of earlier runs (which train everything) stay equal
+        card["train_only"] = list(r.optim.train_only)
     return as_json(card)
 
 

@@ -1,10 +1,12 @@
 """DeepLab v3+ (Chen et al., ECCV 2018): decoder vs none, low-level projection channels, decoder
 3×3 convs, evaluation output stride, ResNet-101 vs aligned Xception-65, separable vs plain
-convs — Tables 1, 2, 3 and 5 (VOC 2012 val).
+convs — Tables 1, 2, 3 and 5 (VOC 2012 val). Every row of Tables 1 and 2 (decoder design) is in
+``deeplabv3plus_decoder_ablation.py``.
 
 Table 1 varies the 1×1 projection of the stride-4 features (``low_level_channels``) with one
 [3×3, 256] decoder conv; Table 2 uses two (``decoder_convs=2``, the final design); Table 3 is
-ResNet-101 with/without the decoder at eval output stride 16 and 8; Table 5 is Xception-65 (its
+ResNet-101 with/without the decoder at eval output stride 16 and 8 (and the best row, + multi-scale
+inputs and flips at 8); Table 5 is Xception-65, evaluated at 16 and re-strided to 8 (its
 first rows use plain convs; ``separable=True`` is the paper's final "SC" model). The smoke preset
 uses the synthetic ``thin`` task: thin structures and small objects, where a stride-16 encoder
 alone cannot place boundaries and the stride-4 decoder should help (see the trimap column).
@@ -34,6 +36,9 @@ from experiments.spec import Ablation, Claim, Variant  # noqa: E402
 
 R101 = {"backbone": "resnet101", "output_stride": 16, "multi_grid": (1, 2, 4), "separable": False}
 XCEPTION = {"backbone": "xception65", "output_stride": 16}
+# v3+ Sec. 4: scales {0.5, 0.75, 1.0, 1.25, 1.5, 1.75} and left-right flips, at output stride 8
+MS_FLIP_OS8 = {"output_stride": 8, "mode": "ms_flip", "scales": (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+               "flip": True, "pad_to": None}
 
 
 def decoder(low_level_channels: int = 48, decoder_convs: int = 2, **extra) -> dict:
@@ -49,6 +54,10 @@ ABLATION = Ablation(
         "R101 decoder": Variant("deeplab_v3plus", decoder(), "deeplab_v3plus.table3.decoder_os16"),
         "R101 decoder, eval OS 8": Variant("deeplab_v3plus", decoder(), "deeplab_v3plus.table3.decoder_os8",
                                            recipe={"eval": {"output_stride": 8}}),
+        "R101 no decoder, eval OS 8": Variant("deeplab_v3", R101, "deeplab_v3plus.table3.no_decoder_os8",
+                                              recipe={"eval": {"output_stride": 8}}),
+        "R101 decoder, eval OS 8, MS + flip": Variant(
+            "deeplab_v3plus", decoder(), "deeplab_v3plus.table3.decoder_os8_ms_flip", recipe={"eval": MS_FLIP_OS8}),
         "low-level 16, 1 conv": Variant("deeplab_v3plus", decoder(16, 1), "deeplab_v3plus.table1.ll16"),
         "low-level 48, 1 conv": Variant("deeplab_v3plus", decoder(48, 1), "deeplab_v3plus.table1.ll48"),
         "low-level 64, 1 conv": Variant("deeplab_v3plus", decoder(64, 1), "deeplab_v3plus.table1.ll64"),
@@ -56,6 +65,9 @@ ABLATION = Ablation(
                                           "deeplab_v3plus.table5.no_decoder_os16"),
         "Xception-65 decoder": Variant("deeplab_v3plus", {**XCEPTION, "separable": False},
                                        "deeplab_v3plus.table5.decoder_os16"),
+        "Xception-65 decoder, eval OS 8": Variant("deeplab_v3plus", {**XCEPTION, "separable": False},
+                                                 "deeplab_v3plus.table5.decoder_os8",
+                                                 recipe={"eval": {"output_stride": 8}}),
         "Xception-65 decoder, separable": Variant("deeplab_v3plus", {**XCEPTION, "separable": True}),
     },
     paper_data="voc",

@@ -1,4 +1,6 @@
-"""FCN-32s vs FCN-16s vs FCN-8s — Long et al., CVPR 2015, Table 2 (skip fusion from pool4, pool3).
+"""FCN-32s vs FCN-16s vs FCN-8s — Long et al., CVPR 2015, Table 2 (skip fusion from pool4, pool3),
+and FCN-32s-fixed: only the classifier ``score_fr`` is trained (``optim.train_only``), the rest of
+the net frozen as it starts (ImageNet; on the smoke preset, random features).
 
 The smoke preset uses the synthetic ``thin`` task, whose classes are easy to recognise but sit
 on 1–3 px structures that only fine predictions can outline.
@@ -31,6 +33,8 @@ ABLATION = Ablation(
     title="FCN: 32s vs 16s vs 8s",
     synthetic_task="thin",
     variants={
+        "FCN-32s-fixed": Variant("fcn32s", {}, "fcn.table2.fcn32s_fixed",
+                                 recipe={"optim": {"train_only": ("score_fr",)}}),
         "FCN-32s": Variant("fcn32s", {}, "fcn.table2.fcn32s"),
         "FCN-16s": Variant("fcn16s", {}, "fcn.table2.fcn16s"),
         "FCN-8s": Variant("fcn8s", {}, "fcn.table2.fcn8s"),

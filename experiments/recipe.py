@@ -10,7 +10,8 @@ One precedence, for every section, model keyword arguments included::
 
     paper preset:  dataclass defaults < paper recipe                              < variant < command line
     smoke preset:  dataclass defaults < paper recipe < SMOKE (+ its model rules)
-                                                     < the ablation's smoke changes < variant < command line
+                                                     < the ablation's smoke changes < variant
+                                                     < the variant's smoke changes < command line
 
 Overrides are nested dicts (``{"optim": {"lr": 1e-3}, "model": {"backbone": "resnet50"}}``);
 an unknown section or key is an error naming it and the nearest valid one, and every value is
@@ -73,6 +74,9 @@ class Optim:
     aux_weight: float = 0.0             # auxiliary loss (PSPNet: 0.4); needs an aux head
     bn: str = "trained"                 # trained | frozen (synchronised under DDP: trainer.sync_batchnorm)
     border_weight: bool = False         # U-Net Eq. 2 pixel weights
+    # top-level model children that are trained; every other parameter is frozen (requires_grad
+    # False, BatchNorm in eval mode). () trains everything; ("score_fr",) is FCN-32s-fixed
+    train_only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,8 @@ def check_value(section: str, key: str, value: Any) -> Any:
         raise RecipeError(f"{where}: expected (low, high) with 0 < low <= high, got {value!r}")
     if (section, key) == ("optim", "lr_steps") and list(value) != sorted(set(value)):
         raise RecipeError(f"{where}: expected increasing steps, got {value!r}")
+    if (section, key) == ("optim", "train_only") and (len(set(value)) != len(value) or not all(value)):
+        raise RecipeError(f"{where}: expected distinct, non-empty module names, got {value!r}")
     if (section, key) == ("eval", "scales") and (not value or min(value) <= 0):
         raise RecipeError(f"{where}: expected one or more positive scales, got {value!r}")
     if (section, key) == ("eval", "crf") and value is not None:

@@ -5,7 +5,10 @@ RoIPool rounds each region to the feature grid and its bins to whole cells befor
 them; RoIAlign samples the continuous bins bilinearly (``roi_layer``, for the box and the mask
 head alike; ``models/mask_rcnn.py``). "RoIAlign" is the paper's layer (``aligned=False``, as
 Detectron and torchvision); "RoIAlign (aligned)" adds Detectron2's half-pixel correction, which
-the paper does not have. ``python -m tools.roi_quantisation`` draws what each layer reads.
+the paper does not have. The other rows of Table 2c: "RoIWarp" rounds the box like RoIPool and
+samples it bilinearly (max or average over the samples, the table's "agg."), "RoIAlign (max)"
+takes the maximum of RoIAlign's four samples per bin. ``python -m tools.roi_quantisation`` draws
+what RoIPool and RoIAlign read.
 
 Differences from the paper, on purpose: the backbone is ResNet-50-FPN (the paper's final
 model, Sec. 3.1 / Table 3; Table 2c used ResNet-50-C4) and the real data is VOC 2012
@@ -49,6 +52,12 @@ ABLATION = Ablation(
         "RoIPool": Variant("mask_rcnn", {"roi_layer": "RoIPool"}, "mask_rcnn.table2c.roipool"),
         "RoIAlign": Variant("mask_rcnn", {"roi_layer": "RoIAlign", "aligned": False},
                             "mask_rcnn.table2c.roialign"),
+        "RoIWarp": Variant("mask_rcnn", {"roi_layer": "RoIWarp", "roi_aggregation": "max"},
+                           "mask_rcnn.table2c.roiwarp"),
+        "RoIWarp (avg)": Variant("mask_rcnn", {"roi_layer": "RoIWarp", "roi_aggregation": "avg"},
+                                 "mask_rcnn.table2c.roiwarp_ave"),
+        "RoIAlign (max)": Variant("mask_rcnn", {"roi_layer": "RoIAlign", "aligned": False, "roi_aggregation": "max"},
+                                  "mask_rcnn.table2c.roialign_max"),
         "RoIAlign (aligned)": Variant("mask_rcnn", {"roi_layer": "RoIAlign", "aligned": True}),
     },
     paper=mask_rcnn.PAPER,

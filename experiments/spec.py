@@ -26,12 +26,17 @@ class Variant:
     ``kwargs`` are model keyword arguments named as in the paper; ``recipe`` holds the
     variant's other settings as recipe overrides (``{"optim": {"border_weight": True}}``,
     ``{"eval": {"output_stride": 8}}``, ``{"pretrained": False}``). Both sit above the
-    ablation's recipe and below the command line (``experiments/recipe.py``)."""
+    ablation's recipe and below the command line (``experiments/recipe.py``).
+
+    ``smoke`` holds the variant's changes on the smoke preset only, above ``recipe``: a row whose
+    recipe *is* the comparison (DeepLab v2 Table 2's batch 30 vs 10, 6K vs 20K iterations)
+    keeps its ratios at the smoke preset's size instead of running the paper's steps on a CPU."""
 
     model: str                                  # a name from models.available_models()
     kwargs: dict[str, Any] = field(default_factory=dict)
     paper: str | None = None                    # key into paper_numbers.toml
     recipe: dict[str, Any] = field(default_factory=dict)
+    smoke: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ def _semantic_module(model, num_classes: int, class_names, recipe: Recipe):
         evaluators.append(CheckerboardEvaluator(e.checkerboard_period))
     return SegmentationModule(
         model, num_classes, class_names=tuple(class_names),
-        **{k: getattr(o, k) for k in (*_SCHEDULE, "aux_weight", "bn", "border_weight")},
+        **{k: getattr(o, k) for k in (*_SCHEDULE, "aux_weight", "bn", "border_weight", "train_only")},
         eval_mode=e.mode, eval_scales=e.scales, eval_flip=e.flip, eval_window=e.window,
         eval_stride=e.stride, eval_pad_to=e.pad_to, eval_output_stride=e.output_stride,
         trimap_width=e.trimap_width, evaluators=evaluators, channels_last=recipe.trainer.channels_last,
@@ -161,8 +161,9 @@ def _instance_module(model, num_classes: int, class_names, recipe: Recipe):
     """InstanceSegmentationModule: the optimisation fields (COCO AP is its only evaluation)."""
     from lightning_modules.instance import InstanceSegmentationModule
 
-    if recipe.optim.aux_weight or recipe.optim.border_weight or recipe.eval.crf is not None:
-        raise RecipeError("optim.aux_weight, optim.border_weight and eval.crf do not apply to Mask R-CNN")
+    if recipe.optim.aux_weight or recipe.optim.border_weight or recipe.eval.crf is not None or recipe.optim.train_only:
+        raise RecipeError("optim.aux_weight, optim.border_weight, optim.train_only and eval.crf do not apply "
+                          "to Mask R-CNN")
     from torchvision.ops import FrozenBatchNorm2d
 
     frozen = any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())

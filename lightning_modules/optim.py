@@ -12,6 +12,10 @@
   - ``"constant"``: a fixed learning rate (FCN Sec. 4.3);
 
   each optionally after a linear warm-up over ``warmup_steps``.
+- ``train_only`` (:func:`freeze_all_but`): only the named top-level children of the model are
+  trained (FCN Table 2, "FCN-32s-fixed": only the classifier ``score_fr`` is fine-tuned); every
+  other parameter gets ``requires_grad=False`` and every BatchNorm outside them stays in eval
+  mode, so the frozen part is exactly the network it was at the start.
 """
 
 from __future__ import annotations
@@ -69,6 +73,36 @@ def check_optimisation(optimizer: str, lr: float, momentum: float, weight_decay:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+
+
+def freeze_all_but(model: nn.Module, train_only: Sequence[str]) -> None:
+    """Freeze every parameter outside the top-level children named in ``train_only`` (nothing
+    when it is empty). Parameters a trained child already fixes (FCN's bilinear upsampling) stay
+    fixed. Training keeps the BatchNorm layers outside them in eval mode (:func:`frozen_norms`)."""
+    if not train_only:
+        return
+    children = dict(model.named_children())
+    unknown = [name for name in train_only if name not in children]
+    if unknown:
+        raise ValueError(f"train_only={tuple(train_only)}: {unknown} are not top-level modules of "
+                         f"{type(model).__name__}; it has {list(children)}")
+    trained = [children[name] for name in train_only]
+    kept = {id(p) for child in trained for p in child.parameters()}
+    if not any(p.requires_grad for child in trained for p in child.parameters()):
+        raise ValueError(f"train_only={tuple(train_only)}: these modules have no trainable parameters")
+    for p in model.parameters():
+        if id(p) not in kept:
+            p.requires_grad_(False)
+
+
+def frozen_norms(model: nn.Module, train_only: Sequence[str]) -> list[nn.Module]:
+    """The BatchNorm layers outside the ``train_only`` children (none when it is empty), looked
+    up each time: DDP's SyncBatchNorm conversion replaces the module objects."""
+    if not train_only:
+        return []
+    inside = {id(m) for name in train_only for m in getattr(model, name).modules()}
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inside]
 
 
 def head_modules(model: nn.Module) -> list[str]:

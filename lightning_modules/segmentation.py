@@ -11,7 +11,8 @@ optimiser, the learning-rate schedule and the logging (the lightning-hydra-templ
   on biases and norms; ``lr_schedule`` "poly" (DeepLab, PSPNet), "step" or "constant" (FCN),
   after an optional linear warm-up, recomputed from ``global_step`` before every step.
   ``bn="frozen"`` keeps BatchNorm in eval mode with fixed affine parameters (DeepLab v3's OS 8
-  fine-tuning stage, Table 6).
+  fine-tuning stage, Table 6). ``train_only`` trains only the named top-level modules of the
+  model and freezes the rest, BatchNorm statistics included (FCN-32s-fixed, FCN Table 2).
 - Evaluation: ``eval_mode`` "whole" (``eval_pad_to``: DeepLab's 513 protocol), "ms_flip" or
   "sliding" (``lightning_modules.inference.predict_probs``); ``eval_output_stride`` evaluates a
   DeepLab v3/v3+ at another output stride than it trained with (v3 Table 6: train 16, test 8).
@@ -68,7 +69,7 @@ class SegmentationModule(L.LightningModule):
                  lr_schedule: str = "poly", poly_power: float = 0.9, lr_steps: Sequence[int] = (),
                  lr_gamma: float = 0.1, warmup_steps: int = 0,
                  head_lr_mult: float = 1.0, bias_lr_mult: float = 1.0, aux_weight: float = 0.0,
-                 bn: str = "trained", border_weight: bool = False,
+                 bn: str = "trained", border_weight: bool = False, train_only: Sequence[str] = (),
                  eval_mode: str = "whole", eval_scales: Sequence[float] = (1.0,), eval_flip: bool = False,
                  eval_window: int | None = None, eval_stride: int | None = None, eval_pad_to: int | None = None,
                  eval_output_stride: int | None = None, trimap_width: int = 5,
@@ -85,7 +86,7 @@ class SegmentationModule(L.LightningModule):
         check_protocol(eval_mode, eval_scales, eval_flip, eval_window, eval_stride, eval_pad_to)
         _check(eval_output_stride is None or hasattr(model, "set_output_stride"),
                f"eval_output_stride={eval_output_stride} needs a model that can change its output stride "
-               f"(DeepLab v3/v3+ with a ResNet); {type(model).__name__} cannot")
+               f"(DeepLab v3/v3+ with a ResNet or Xception); {type(model).__name__} cannot")
         _check(trimap_width >= 0, f"trimap_width must be >= 0, got {trimap_width}")
         for ev in evaluators:
             _check(isinstance(ev, nn.Module) and isinstance(ev, Evaluator), "evaluators must be nn.Modules "
@@ -108,6 +109,7 @@ class SegmentationModule(L.LightningModule):
         if bn == "frozen":
             for m in self._batch_norms():
                 m.requires_grad_(False)
+        optim.freeze_all_but(model, tuple(train_only))
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -172,6 +174,8 @@ class SegmentationModule(L.LightningModule):
             # statistics must stay those of the checkpoint
             for m in self._batch_norms():
                 m.eval()
+        for m in optim.frozen_norms(self.model, self.hparams.train_only):  # their statistics stay too
+            m.eval()
         self.log("train/lr", self.apply_lr_schedule())
 
     # --- evaluation -----------------------------------------------------------------------

@@ -26,6 +26,7 @@ from torch import nn
 
 from models.deeplab import DeepLabLargeFOV, DeepLabV2
 from models.deeplab_v3 import DeepLabV3, DeepLabV3Plus
+from models.deeplab_v3_cascade import DeepLabV3Cascade
 from models.fcn import FCN, fcn8s, fcn16s, fcn32s
 from models.mask_rcnn import mask_rcnn
 from models.pspnet import PSPNet
@@ -39,6 +40,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "deeplab_v2": DeepLabV2,
     "deeplab_v3": DeepLabV3,
     "deeplab_v3plus": DeepLabV3Plus,
+    "deeplab_v3_cascade": DeepLabV3Cascade,
     "pspnet": PSPNet,
     "unet": UNet,
     "mask_rcnn": mask_rcnn,

@@ -14,7 +14,9 @@ module layout (``convs``, ``project``), so its weights load into ours and the tw
 DeepLab v3+ (Sec. 3.1, Fig. 2): ASPP output at stride 16 (or 8) → bilinear upsampling to the
 stride-4 low-level features, which first go through a 1×1 conv to ``low_level_channels`` (48;
 Table 1) + BN + ReLU; concatenation; ``decoder_convs`` 3×3 convs of ``decoder_channels``
-(2 × 256; Table 2); 1×1 classifier; bilinear upsampling to the input. ``separable`` uses
+(2 × 256; Table 2) of ``decoder_kernel_size`` (3); 1×1 classifier; bilinear upsampling to the
+input. ``low_level_features=("conv3", "conv2")`` decodes in two steps, stride 8 then 4 (Table 2's
+"Conv2 + Conv3" row; see :class:`DeepLabV3Plus`). ``separable`` uses
 atrous depthwise-separable convs (depthwise → BN → ReLU → pointwise → BN → ReLU, Sec. 3.2) in the
 ASPP 3×3 branches and the decoder; ``None`` picks the paper's choice per backbone: True for
 Xception-65 (the final model, Table 5 "SC"), False for ResNet-101 (Table 3).
@@ -153,8 +155,8 @@ class DeepLabV3Encoder(nn.Module):
         the backbone is re-dilated and the ASPP rates scale with it ("doubled" at OS 8)."""
         if not hasattr(self.backbone, "set_output_stride"):
             raise NotImplementedError(
-                f"changing the output stride after construction is implemented for ResNet backbones; "
-                f"build {type(self.backbone).__name__} with output_stride={output_stride} instead")
+                f"changing the output stride after construction is implemented for the ResNet and "
+                f"Xception backbones; build {type(self.backbone).__name__} with output_stride={output_stride}")
         old = self.output_stride
         self.backbone.set_output_stride(output_stride)
         for branch in self.aspp.convs:
@@ -219,8 +221,13 @@ class DeepLabV3(_EncoderModel):
         return {"out": resize(self.classifier(aspp_out), x.shape[-2:])}
 
 
+# The low-level features of v3+ Table 2, named as the paper, by their stride.
+LOW_LEVEL_STRIDES = {"conv2": 4, "conv3": 8}
+
+
 class Decoder(nn.Module):
-    """DeepLab v3+ decoder (Fig. 2): reduce low-level features, concat upsampled ASPP, refine."""
+    """DeepLab v3+ decoder (Fig. 2): reduce low-level features, concat upsampled ASPP, refine
+    with ``decoder_convs`` convs of ``decoder_kernel_size`` × ``decoder_kernel_size``."""
 
     def __init__(
         self,
@@ -230,16 +237,19 @@ class Decoder(nn.Module):
         decoder_convs: int = 2,
         decoder_channels: int = 256,
         separable: bool = False,
+        decoder_kernel_size: int = 3,
     ) -> None:
         super().__init__()
         if decoder_convs < 0:
             raise ValueError(f"decoder_convs must be >= 0, got {decoder_convs}")
+        if decoder_kernel_size < 1 or decoder_kernel_size % 2 == 0:
+            raise ValueError(f"decoder_kernel_size must be odd and >= 1, got {decoder_kernel_size}")
         self.reduce = ConvBNReLU(low_level_in, low_level_channels, 1)
-        conv = SeparableConv2d if separable else ConvBNReLU
+        conv = SeparableConv2d if separable and decoder_kernel_size > 1 else ConvBNReLU
         in_channels = aspp_channels + low_level_channels
         layers = []
         for _ in range(decoder_convs):
-            layers.append(conv(in_channels, decoder_channels, 3))
+            layers.append(conv(in_channels, decoder_channels, decoder_kernel_size))
             in_channels = decoder_channels
         self.refine = nn.Sequential(*layers)
         self.out_channels = in_channels
@@ -250,8 +260,31 @@ class Decoder(nn.Module):
         return self.refine(x)
 
 
+def low_level_stage(backbone: nn.Module, feature: str) -> str:
+    """The backbone stage the paper's ``"conv2"`` (stride 4) or ``"conv3"`` (stride 8) names: the
+    last stage before the backbone first strides past it (ResNet layer1 / layer2; at output
+    stride 8 the deeper stages are at stride 8 too, hence the first stage at that stride)."""
+    if feature not in LOW_LEVEL_STRIDES:
+        raise ValueError(f"low-level features are {sorted(LOW_LEVEL_STRIDES)} (v3+ Table 2), got {feature!r}")
+    stride = LOW_LEVEL_STRIDES[feature]
+    names = [name for name, s in backbone.stage_strides.items() if s == stride]
+    if not names:
+        raise ValueError(f"{type(backbone).__name__} has no {feature} feature (stride {stride}): "
+                         f"{backbone.stage_strides}")
+    return names[0]
+
+
 class DeepLabV3Plus(_EncoderModel):
-    """:class:`DeepLabV3Encoder` + the stride-4 :class:`Decoder` of DeepLab v3+ (Fig. 2)."""
+    """:class:`DeepLabV3Encoder` + the stride-4 :class:`Decoder` of DeepLab v3+ (Fig. 2).
+
+    v3+ Table 2 knobs: ``decoder_convs`` × [``decoder_kernel_size`` × ``decoder_kernel_size``,
+    ``decoder_channels``] (``[3×3, 256] × 2`` is the paper's; ``[3×3, 128]`` and ``[1×1, 256]``
+    its other rows) and ``low_level_features``: ``("conv2",)`` (the paper's, stride 4) or
+    ``("conv3", "conv2")``, the U-Net-like variant of Sec. 4.1: the encoder output is upsampled
+    to Conv3 (stride 8), concatenated with its 1×1 projection and refined, then the same again
+    with Conv2. ``decoder`` is always the last (stride-4) stage; coarser ones are
+    ``decoder_stages[name]``; ``low_level_stage`` names the backbone feature ``decoder`` reads.
+    """
 
     def __init__(
         self,
@@ -264,23 +297,40 @@ class DeepLabV3Plus(_EncoderModel):
         low_level_channels: int = 48,
         decoder_convs: int = 2,
         decoder_channels: int = 256,
+        decoder_kernel_size: int = 3,
+        low_level_features: tuple[str, ...] = ("conv2",),
         separable: bool | None = None,
         pretrained: PretrainedArg = False,
         width: float = 1.0,
     ) -> None:
         super().__init__()
+        features = tuple(low_level_features)
+        if not features or len(set(features)) != len(features):
+            raise ValueError(f"low_level_features must name distinct features, got {features}")
         separable = backbone == "xception65" if separable is None else separable
         self.encoder = DeepLabV3Encoder(backbone, output_stride, atrous_rates, multi_grid,
                                         image_pooling, separable, pretrained, width)
-        self.low_level_stage = deepest_stage(self.backbone, 4)
-        self.decoder = Decoder(
-            self.backbone.channels[self.low_level_stage], self.encoder.aspp.out_channels,
-            scale_channels(low_level_channels, width), decoder_convs,
-            scale_channels(decoder_channels, width), separable,
-        )
+        # coarse to fine: Conv3 (stride 8) before Conv2 (stride 4)
+        stages = {f: low_level_stage(self.backbone, f)
+                  for f in sorted(features, key=lambda f: -LOW_LEVEL_STRIDES[f])}
+        in_channels = self.encoder.aspp.out_channels
+        decoders = {}
+        for feature, stage in stages.items():
+            decoders[feature] = Decoder(
+                self.backbone.channels[stage], in_channels, scale_channels(low_level_channels, width),
+                decoder_convs, scale_channels(decoder_channels, width), separable, decoder_kernel_size,
+            )
+            in_channels = decoders[feature].out_channels
+        *coarse, finest = stages
+        self.low_level_stage = stages[finest]
+        self.decoder_stages = nn.ModuleDict({f: decoders[f] for f in coarse})  # empty: the paper's
+        self._coarse_stages = {f: stages[f] for f in coarse}
+        self.decoder = decoders[finest]
         self.classifier = nn.Conv2d(self.decoder.out_channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats, aspp_out = self.encoder(x)
-        y = self.decoder(aspp_out, feats[self.low_level_stage])
+        feats, y = self.encoder(x)
+        for feature, decoder in self.decoder_stages.items():
+            y = decoder(y, feats[self._coarse_stages[feature]])
+        y = self.decoder(y, feats[self.low_level_stage])
         return {"out": resize(self.classifier(y), x.shape[-2:])}

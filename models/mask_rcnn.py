@@ -14,6 +14,14 @@ for the box head AND the mask head alike, is switched:
   (``torchvision.ops.roi_pool``): the two quantisations the paper removes. Regions are
   assigned to FPN levels exactly as ``torchvision.ops.MultiScaleRoIAlign`` does (FPN Eq. 1,
   k = ⌊4 + log2(√(wh) / 224)⌋ clamped to P2..P5), so the variants differ only in the pooling.
+- ``roi_layer="RoIWarp"`` (Dai et al., MNC, as Mask R-CNN Sec. 3 describes it): "quantizes the
+  RoI like RoIPool", i.e. rounds the box to the feature grid (``round(c · scale)``, Caffe's
+  half-away-from-zero rounding), then "adopts bilinear resampling" like RoIAlign: the same sample
+  points in the same bins, only of the rounded box.
+- ``roi_aggregation`` — Table 2c's "agg." column: how the samples of a bin are combined,
+  ``"max"`` or ``"avg"``; ``None`` takes each layer's own (RoIPool and RoIWarp max, RoIAlign
+  avg). ``"max"`` with RoIAlign/RoIWarp takes the maximum over the ``sampling_ratio²`` bilinear
+  samples of each bin (:func:`roi_align_max`); RoIPool is always max.
 - ``aligned`` (RoIAlign only): ``False`` is the paper's RoIAlign, as implemented in Detectron
   (Caffe2) and in torchvision's ``MultiScaleRoIAlign`` / ``maskrcnn_resnet50_fpn``: a box
   coordinate c is sampled at feature coordinate c·scale, where feature cell i is centred at i,
@@ -56,8 +64,48 @@ from models.backbones.resnet import ResNetBackbone, dilated_resnet
 from models.blocks import scale_channels
 from models.pretrained import PretrainedArg
 
-RoILayer = Literal["RoIAlign", "RoIPool"]
-ROI_LAYERS: tuple[str, ...] = ("RoIAlign", "RoIPool")
+RoILayer = Literal["RoIAlign", "RoIPool", "RoIWarp"]
+ROI_LAYERS: tuple[str, ...] = ("RoIAlign", "RoIPool", "RoIWarp")
+AGGREGATIONS: dict[str, str] = {"RoIAlign": "avg", "RoIPool": "max", "RoIWarp": "max"}  # each layer's own
+
+
+def c_round(x: torch.Tensor) -> torch.Tensor:
+    """Caffe's ``round``: halves away from zero (``torch.round`` rounds them to even)."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def quantise_rois(rois: torch.Tensor, scale: float) -> torch.Tensor:
+    """RoIWarp's (and RoIPool's) first quantisation: box corners rounded to the feature grid,
+    returned in image coordinates; ``rois`` is K×5 (batch index, x1, y1, x2, y2)."""
+    out = rois.clone()
+    out[:, 1:] = c_round(rois[:, 1:] * scale) / scale
+    return out
+
+
+def roi_align_max(feature: torch.Tensor, rois: torch.Tensor, output_size, scale: float,
+                  sampling_ratio: int, aligned: bool = False) -> torch.Tensor:
+    """RoIAlign whose bins take the MAX of their ``sampling_ratio²`` bilinear samples (Mask R-CNN
+    Table 2c, "RoIAlign max"), from torchvision's kernel: sample ``(iy, ix)`` of every bin is the
+    single centre sample (``sampling_ratio=1``) of the box shifted by that sample's offset from the
+    bin centre, since the shift keeps the box size and so the bins. The mean of the same calls is
+    ``roi_align`` with ``sampling_ratio`` (tested), and gradients flow as through ``roi_align``."""
+    if sampling_ratio < 1:
+        raise ValueError("max aggregation needs a fixed sampling_ratio >= 1 (0 is adaptive per box)")
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    x1, y1, x2, y2 = (rois[:, i] * scale for i in range(1, 5))
+    w, h = x2 - x1, y2 - y1
+    if not aligned:  # torchvision (and Detectron) force at least one cell
+        w, h = w.clamp(min=1.0), h.clamp(min=1.0)
+    out = None
+    for iy in range(sampling_ratio):
+        dy = ((iy + 0.5) / sampling_ratio - 0.5) * h / oh
+        for ix in range(sampling_ratio):
+            dx = ((ix + 0.5) / sampling_ratio - 0.5) * w / ow
+            shifted = rois.clone()
+            shifted[:, 1:] = rois[:, 1:] + torch.stack([dx, dy, dx, dy], 1) / scale
+            sample = roi_align(feature, shifted, (oh, ow), scale, 1, aligned)
+            out = sample if out is None else torch.maximum(out, sample)
+    return out
 _DEPTHS = {"resnet50": 50, "resnet101": 101}
 
 
@@ -68,15 +116,28 @@ class MultiScaleRoIExtractor(MultiScaleRoIAlign):
     (tested). A subclass, because torchvision's Mask R-CNN accepts only that type."""
 
     def __init__(self, featmap_names: list[str], output_size: int, roi_layer: RoILayer = "RoIAlign",
-                 sampling_ratio: int = 2, aligned: bool = False) -> None:
+                 sampling_ratio: int = 2, aligned: bool = False, roi_aggregation: str | None = None) -> None:
         if roi_layer not in ROI_LAYERS:
             raise ValueError(f"roi_layer must be one of {ROI_LAYERS}, got {roi_layer!r}")
+        aggregation = roi_aggregation or AGGREGATIONS[roi_layer]
+        if aggregation not in ("avg", "max"):
+            raise ValueError(f"roi_aggregation must be 'avg', 'max' or None, got {roi_aggregation!r}")
+        if roi_layer == "RoIPool" and aggregation != "max":
+            raise ValueError("RoIPool max-pools whole cells; roi_aggregation='avg' applies to RoIAlign and RoIWarp")
+        if aligned and roi_layer != "RoIAlign":
+            raise ValueError(f"aligned=True is Detectron2's RoIAlign correction; {roi_layer} has none")
+        if aggregation == "max" and roi_layer != "RoIPool" and sampling_ratio < 1:
+            raise ValueError("roi_aggregation='max' needs sampling_ratio >= 1 (0 is adaptive per box)")
         super().__init__(featmap_names, output_size, sampling_ratio)
-        self.roi_layer, self.aligned = roi_layer, aligned
+        self.roi_layer, self.aligned, self.aggregation = roi_layer, aligned, aggregation
 
     def pool(self, feature: torch.Tensor, rois: torch.Tensor, scale: float) -> torch.Tensor:
         if self.roi_layer == "RoIPool":
             return roi_pool(feature, rois, self.output_size, scale)
+        if self.roi_layer == "RoIWarp":
+            rois = quantise_rois(rois, scale)
+        if self.aggregation == "max":
+            return roi_align_max(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
         return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
     def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor],
@@ -99,7 +160,7 @@ class MultiScaleRoIExtractor(MultiScaleRoIAlign):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(featmap_names={self.featmap_names}, output_size="
                 f"{self.output_size}, roi_layer={self.roi_layer!r}, sampling_ratio="
-                f"{self.sampling_ratio}, aligned={self.aligned})")
+                f"{self.sampling_ratio}, aligned={self.aligned}, aggregation={self.aggregation!r})")
 
 
 class ResNetFPN(nn.Module):
@@ -150,6 +211,7 @@ def mask_rcnn(
     roi_layer: RoILayer = "RoIAlign",
     sampling_ratio: int = 2,
     aligned: bool = False,
+    roi_aggregation: str | None = None,
     backbone: str = "resnet50",
     pretrained: PretrainedArg = False,
     width: float = 1.0,
@@ -187,7 +249,7 @@ def mask_rcnn(
 
     def extractor(size: int) -> MultiScaleRoIExtractor:
         levels = ["0", "1", "2", "3"]  # P2..P5; P6 ("pool") feeds the RPN only
-        return MultiScaleRoIExtractor(levels, size, roi_layer, sampling_ratio, aligned)
+        return MultiScaleRoIExtractor(levels, size, roi_layer, sampling_ratio, aligned, roi_aggregation)
 
     representation = scale_channels(1024, width)
     mask_channels = scale_channels(256, width)

@@ -51,7 +51,10 @@ def test_every_variant_trains_one_step(script, tmp_path):
     tiny = dataclasses.replace(ablation, smoke=smoke)
     for extra in option_choices(ablation):
         out = tmp_path / "_".join(extra or ["default"])
-        rows = main(tiny, ["--out", str(out), "--quiet", "--seeds", "0", "--no-figures", *extra])
+        # steps and batch on the command line too: a variant's own smoke recipe (a schedule row)
+        # sits above the ablation's smoke changes
+        rows = main(tiny, ["--out", str(out), "--quiet", "--seeds", "0", "--no-figures", "--max-steps", "1",
+                           "--global-batch", "2", *extra])
         chosen = ablation.with_option(extra[0][2:], extra[1]) if extra else ablation
         crf = ablation.paper.eval.crf is not None
         # one row per variant (and again after the dense CRF, when the script runs it)
@@ -96,9 +99,10 @@ def test_every_option_trains_one_step_on_the_paper_preset(script, tmp_path):
         chosen = ablation.with_option(extra[0][2:], extra[1]) if extra else ablation
         variant = next(iter(chosen.variants))
         out = tmp_path / "_".join(extra or ["default"])
+        # batch 2: BatchNorm after a global pooling (ASPP image pooling, PSPNet's bin 1) needs two images
         rows = main(ablation, ["--data", layout, "--data-root", str(root), "--variant", variant, "--seed", "0",
                                "--out", str(out), "--quiet", "--no-figures", "--width", "0.0625",
-                               "--pretrained", "false", "--max-steps", "1", "--batch-size", "1",
+                               "--pretrained", "false", "--max-steps", "1", "--batch-size", "2",
                                "--workers", "0", "--skip-data-check", "--set", "trainer.val_every=1", *flags, *extra])
         row = next(r for r in rows if r["variant"] == variant)
         assert row["n"] == 1 and row["mean"] is not None

@@ -52,7 +52,7 @@ def test_pretrained_defaults_freeze_bn_and_stem():
     assert not any(p.requires_grad for p in [*body.conv1.parameters(), *body.layer1.parameters()])
     assert all(p.requires_grad for p in body.layer2.parameters())
     with pytest.raises(ValueError, match="roi_layer must be one of"):
-        build_model("mask_rcnn", 4, roi_layer="RoIWarp")
+        build_model("mask_rcnn", 4, roi_layer="PSRoIPool")  # RoIWarp is a layer now (Table 2c)
 
 
 def test_quarter_width_builds_and_runs_the_fpn():

@@ -331,10 +331,19 @@ def test_set_output_stride_equals_a_network_built_at_that_stride(model_cls, trai
     torch.testing.assert_close(trained(x)["out"], before)
 
 
-def test_set_output_stride_needs_a_resnet():
-    model = DeepLabV3(3, backbone="xception65", width=0.0625)
-    with pytest.raises(NotImplementedError, match="ResNet"):
-        model.set_output_stride(8)
+def test_set_output_stride_works_for_xception_and_needs_a_backbone_that_can():
+    """v3+ Table 5: Xception-65 trained at output stride 16, evaluated at 8 = built at 8."""
+    torch.manual_seed(0)
+    model = DeepLabV3(3, backbone="xception65", width=0.0625).eval()
+    ref = DeepLabV3(3, backbone="xception65", width=0.0625, output_stride=8).eval()
+    ref.load_state_dict(model.state_dict())
+    model.set_output_stride(8)
+    x = torch.randn(1, 3, 65, 81)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["out"], ref(x)["out"])
+    model.encoder.backbone = nn.Identity()  # a backbone that cannot re-stride itself
+    with pytest.raises(NotImplementedError, match="ResNet and Xception"):
+        model.set_output_stride(16)
 
 
 # ---------------------------------------------------------------- width 1/4, plain and deep stems

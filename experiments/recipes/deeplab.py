@@ -41,3 +41,22 @@ CRF = dataclasses.replace(
     notes=PAPER.notes + ("crf: the ResNet-101 parameters for every model; the paper "
                          "cross-validated them per model on held-out val images",),
 )
+
+# DeepLab v1 (ICLR'15) Sec. 4.1, for its Table 2 (fc6 kernel, input stride, width):
+# "mini-batch of 20 images and initial learning rate of 0.001 (0.01 for the final classifier
+# layer), multiplying the learning rate by 0.1 at every 2000 iterations ... momentum of 0.9 and
+# a weight decay of 0.0005"; 321 crops with mirroring (the released prototxts); the table is
+# evaluated after the dense CRF, whose before-CRF column v2 Table 1 reports.
+V1 = Recipe(
+    data=Data(crop_size=321, global_batch=20, scale_range=(1.0, 1.0), augment="deeplab"),
+    optim=Optim(optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, lr_schedule="step",
+                lr_steps=(2000, 4000), lr_gamma=0.1, head_lr_mult=10.0, bias_lr_mult=2.0),
+    trainer=Trainer(max_steps=6000),
+    eval=Eval(mode="whole", pad_to=513, crf=dataclasses.asdict(CRFParams())),
+    notes=(
+        PAPER.notes[0], PAPER.notes[2],
+        "max_steps: 6,000 (three steps of 2,000), as v2 Table 2's 'step' row of this model; v1 "
+        "does not give the iteration count, and v2 Table 2 gives that row batch 30, v1's text 20",
+        "crf: the v2 ResNet-101 parameters for every model; v1 cross-validated them per model",
+    ),
+)

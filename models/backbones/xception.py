@@ -9,7 +9,7 @@ Knobs:
 
 - ``output_stride`` (8, 16 or 32) — strided blocks past the target stride become stride 1 with
   their dilation doubled (timm), as in the paper's atrous Xception (OS 16 for training, 8 for
-  the best evaluation, Table 5).
+  the best evaluation, Table 5). ``set_output_stride`` changes it after training, in place.
 - ``width`` — scales every channel count of the block configuration and of the stem.
 - ``pretrained`` — see :mod:`models.pretrained`; the ImageNet classifier (``head.``) is ignored.
 
@@ -73,10 +73,9 @@ class XceptionBackbone(nn.Module):
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         norm_layer = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.1)  # as timm's xception65
-        net = XceptionAligned(
-            xception65_block_cfg(width), num_classes=0, output_stride=output_stride,
-            norm_layer=norm_layer,
-        )
+        cfg = xception65_block_cfg(width)
+        self._block_strides = tuple(b["stride"] for b in cfg)  # timm overwrites them in cfg
+        net = XceptionAligned(cfg, num_classes=0, output_stride=output_stride, norm_layer=norm_layer)
         if width != 1.0:  # timm fixes the stem at 32 and 64 channels
             c32, c64 = scale_channels(32, width), scale_channels(64, width)
             net.stem = nn.Sequential(
@@ -96,6 +95,35 @@ class XceptionBackbone(nn.Module):
             "middle": self.blocks[middle_end - 1].out_channels,
             "exit": self.blocks[-1].out_channels,
         }
+        self.output_stride = output_stride
+        self.stage_strides = {"low_level": 4, "entry": min(16, output_stride),
+                              "middle": min(16, output_stride), "exit": output_stride}
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Re-stride and re-dilate in place for another output stride; the weights are unchanged.
+
+        DeepLab v3+ Table 5 trains Xception-65 at output stride 16 and evaluates at 8. The rule
+        is timm's at construction (and the TF reference's): a strided block that would pass
+        ``output_stride`` runs at stride 1 and every later block at twice the rate; the block
+        itself keeps the rate it had. Equals a network built at ``output_stride`` with these
+        weights (tested).
+        """
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        stride, rate = 2, 1  # after the stem
+        for block, configured in zip(self.blocks, self._block_strides, strict=True):
+            block_rate, block_stride = rate, configured
+            if configured > 1:
+                if stride * configured > output_stride:
+                    rate, block_stride = rate * configured, 1
+                else:
+                    stride *= configured
+            for i, sep in enumerate(m for m in block.stack if hasattr(m, "conv_dw")):
+                conv = sep.conv_dw  # 3×3 depthwise: padding = rate keeps "same" size at stride 1 and 2
+                conv.dilation, conv.padding = (block_rate, block_rate), (block_rate, block_rate)
+                conv.stride = (block_stride, block_stride) if i == 2 else (1, 1)
+            if block.shortcut is not None:
+                block.shortcut.conv.stride = (block_stride, block_stride)
         self.output_stride = output_stride
         self.stage_strides = {"low_level": 4, "entry": min(16, output_stride),
                               "middle": min(16, output_stride), "exit": output_stride}
