@@ -39,6 +39,7 @@ ABLATION = Ablation(
     variants={name: ASPP.variants[name] for name in ("LargeFOV", "ASPP-L")},
     paper_data="voc",
     paper=deeplab.CRF,   # every cell is evaluated before and after the CRF
+    sources=deeplab.CRF_SOURCES,
 )
 
 if __name__ == "__main__":

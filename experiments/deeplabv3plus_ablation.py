@@ -34,6 +34,8 @@ from experiments.spec import Ablation, Variant  # noqa: E402
 
 R101 = {"backbone": "resnet101", "output_stride": 16, "multi_grid": (1, 2, 4), "separable": False}
 XCEPTION = {"backbone": "xception65", "output_stride": 16}
+# Xception-65's weight decay 4e-5 (the official train.py default), with its source
+XCEPTION_RECIPE = {"recipe": deeplab_v3.XCEPTION, "sources": deeplab_v3.XCEPTION_SOURCES}
 
 
 def decoder(low_level_channels: int = 48, decoder_convs: int = 2, **extra) -> dict:
@@ -53,13 +55,15 @@ ABLATION = Ablation(
         "low-level 48, 1 conv": Variant("deeplab_v3plus", decoder(48, 1), "deeplab_v3plus.table1.ll48"),
         "low-level 64, 1 conv": Variant("deeplab_v3plus", decoder(64, 1), "deeplab_v3plus.table1.ll64"),
         "Xception-65 no decoder": Variant("deeplab_v3", {**XCEPTION, "separable": False},
-                                          "deeplab_v3plus.table5.no_decoder_os16"),
+                                          "deeplab_v3plus.table5.no_decoder_os16", **XCEPTION_RECIPE),
         "Xception-65 decoder": Variant("deeplab_v3plus", {**XCEPTION, "separable": False},
-                                       "deeplab_v3plus.table5.decoder_os16"),
-        "Xception-65 decoder, separable": Variant("deeplab_v3plus", {**XCEPTION, "separable": True}),
+                                       "deeplab_v3plus.table5.decoder_os16", **XCEPTION_RECIPE),
+        "Xception-65 decoder, separable": Variant("deeplab_v3plus", {**XCEPTION, "separable": True},
+                                                  **XCEPTION_RECIPE),
     },
     paper_data="voc",
     paper=deeplab_v3.PAPER,   # v3+ Sec. 4: trained as v3 (crop 513, batch 16, lr 0.007, 30K at OS 16)
+    sources=deeplab_v3.SOURCES,
 )
 
 if __name__ == "__main__":

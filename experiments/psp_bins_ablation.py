@@ -51,6 +51,7 @@ ABLATION = Ablation(
     },
     paper_data="ade20k",
     paper=pspnet.PAPER,
+    sources=pspnet.SOURCES,
 )
 
 if __name__ == "__main__":

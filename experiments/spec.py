@@ -32,6 +32,8 @@ class Variant:
     kwargs: dict[str, Any] = field(default_factory=dict)
     paper: str | None = None                    # key into paper_numbers.toml
     recipe: dict[str, Any] = field(default_factory=dict)
+    # the paper's values of the recipe items this variant changes (experiments.recipe.Source)
+    sources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class Ablation:
     smoke: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Option] = field(default_factory=dict)
     task: str = "semantic"       # a key of experiments.tasks.TASKS
+    # card field -> the paper's value and its source (experiments/recipes/<paper>.py SOURCES),
+    # shown beside ours in the README's Recipes table (experiments.recipe_table)
+    sources: dict[str, Any] = field(default_factory=dict)
 
     def with_option(self, option: str, choice: str) -> Ablation:
         return replace(self, variants=self.options[option].variants(choice))
