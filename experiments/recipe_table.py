@@ -34,12 +34,17 @@ def all_variants(ablation: Ablation) -> Ablation:
     return Ablation(**{**ablation.__dict__, "variants": variants})
 
 
+def paper_data(ablation: Ablation) -> str:
+    """The paper's dataset, or the first real one we have (Mask R-CNN: VOC for COCO)."""
+    task = get_task(ablation.task)
+    if ablation.paper_data in task.datasets:
+        return ablation.paper_data
+    return next(name for name in task.datasets if name != "synthetic")
+
+
 def paper_cards(ablation: Ablation) -> dict[str, dict[str, Any]]:
     """Each variant's recipe card under the paper preset on the paper's data, one process."""
-    task = get_task(ablation.task)
-    data = ablation.paper_data if ablation.paper_data in task.datasets else next(
-        name for name in task.datasets if name != "synthetic")
-    run = Run(data=data, data_root="DATA", preset="paper")
+    run = Run(data=paper_data(ablation), data_root="DATA", preset="paper")
     return {name: recipe_card(ablation, name, 0, run, resolve(ablation, name, run))
             for name in ablation.variants}
 
@@ -94,7 +99,7 @@ def render_recipe_table(ablation: Ablation) -> str:
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|")
 
-    lines = [f"Paper preset of `{ablation.name}` (`--data {ablation.paper_data}`), one process:", "",
+    lines = [f"Paper preset of `{ablation.name}` (`--data {paper_data(ablation)}`), one process:", "",
              "| item | paper | source | ours | |", "|---|---|---|---|---|"]
     for r in recipe_rows(ablation):
         item = f"`{r['item']}`" + (f" ({'; '.join(r['variants'])})" if r["variants"] else "")

@@ -252,7 +252,7 @@ def protocol_label(mode: str, scales: Sequence[float] = (1.0,), flip: bool = Fal
     if mode == "whole":
         return "whole" + pad
     if mode == "ms_flip":
-        return "ms" + scales_text + (" + flip" if flip else "") + pad
+        return "ms_flip" + scales_text + (" + flip" if flip else "") + pad
     if mode == "sliding":
         return f"sliding {window} stride {stride or max(1, (2 * window) // 3)}"
     return (f"semseg long side {base_size}, {window} windows stride {semseg_stride(window, stride)}"

@@ -192,7 +192,7 @@ def test_protocol_checks_and_labels():
     check_protocol("ms_flip", (0.5, 1.0), True, pad_to=513)
     assert protocol_label("whole", pad_to=513) == "whole pad 513"
     assert protocol_label("ms_flip", EVAL_PROTOCOLS["ms_flip"]["scales"], True, pad_to=513) == \
-        "ms scales 0.5,0.75,1,1.25,1.5,1.75 + flip pad 513"
+        "ms_flip scales 0.5,0.75,1,1.25,1.5,1.75 + flip pad 513"
     assert protocol_label("semseg", (1.0,), True, 473, None, None, 512) == \
         "semseg long side 512, 473 windows stride 316 + flip"
 
