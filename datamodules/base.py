@@ -176,6 +176,7 @@ class SegmentationDataModule(L.LightningDataModule):
         val_batch_size: evaluation batch size per process (1 = no padding inside a batch).
         crop_size: training crop, int or (height, width).
         scale_range: random scale factors for the "deeplab" and "pspnet" recipes.
+        scale_step: None (continuous factors) or the step of the factor grid (DeepLab v3: 0.25).
         augment: "none" | "flip" | "deeplab" | "pspnet" (see ``datamodules.transforms``).
         num_workers: DataLoader worker processes (0 = load in the main process).
         pin_memory: None = ``torch.cuda.is_available()``.
@@ -197,6 +198,7 @@ class SegmentationDataModule(L.LightningDataModule):
         scale_range: tuple[float, float] = (0.5, 2.0),
         augment: str = "deeplab",
         num_workers: int = 4,
+        scale_step: float | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         seed: int = 0,
@@ -218,6 +220,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size
         self.crop_size = crop_size
         self.scale_range = tuple(scale_range)
+        self.scale_step = scale_step
         self.augment = augment
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -237,7 +240,8 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def build_train_transform(self):
         return train_transforms(
-            self.crop_size, self.scale_range, self.augment, mean=self.mean, std=self.std
+            self.crop_size, self.scale_range, self.augment, mean=self.mean, std=self.std,
+            scale_step=self.scale_step,
         )
 
     def build_eval_transform(self):

@@ -5,7 +5,8 @@ Recipes (``augment``):
 - ``"none"``: pad to the crop size, centre crop. Deterministic; the batches still need one size.
 - ``"flip"``: pad, random crop, horizontal flip.
 - ``"deeplab"``: random scale by a factor drawn uniformly from ``scale_range`` (DeepLab v2
-  Sec. 4 and v3 Sec. 4.1 use 0.5-2.0), pad, random crop, horizontal flip.
+  Sec. 4 and v3 Sec. 4.1 use 0.5-2.0), or with ``scale_step`` from the grid
+  low:step:high (the official DeepLab v3 code: 0.5:0.25:2.0), pad, random crop, horizontal flip.
 - ``"pspnet"``: PSPNet Sec. 4.1 / hszhao/semseg order: random scale, random rotation in
   ±``rotate_degrees`` (p=0.5), Gaussian blur of the image (kernel 5, sigma 1.1 — OpenCV's sigma
   for a 5-tap kernel — p=0.5), horizontal flip, pad, random crop. Rotation is the expensive
@@ -45,25 +46,42 @@ __all__ = [
 AUGMENTATIONS = ("none", "flip", "deeplab", "pspnet")
 
 
+def scale_grid(scale_range: tuple[float, float], step: float) -> list[float]:
+    """The factors tensorflow/models ``research/deeplab/core/preprocess_utils.py``
+    ``get_random_scale`` chooses from: ``lin_space(min, max, int((max - min) / step + 1))``
+    (0.5:0.25:2.0 with the official ``train.py`` defaults)."""
+    lo, hi = scale_range
+    num = int((hi - lo) / step + 1)
+    return [lo] if num <= 1 else [lo + (hi - lo) * i / (num - 1) for i in range(num)]
+
+
 class RandomScale(v2.Transform):
-    """Resize by one factor drawn uniformly from ``scale_range``, keeping the aspect ratio.
+    """Resize by one factor drawn uniformly from ``scale_range``, keeping the aspect ratio;
+    with ``step``, one factor drawn uniformly from the grid :func:`scale_grid` (DeepLab v3/v3+).
 
     (``v2.RandomResize`` draws a target edge length and ``v2.ScaleJitter`` scales relative to a
     target size; neither is the papers' "scale the image by s".) Images use bilinear with
     antialiasing, masks nearest.
     """
 
-    def __init__(self, scale_range: tuple[float, float]) -> None:
+    def __init__(self, scale_range: tuple[float, float], step: float | None = None) -> None:
         super().__init__()
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        if step is not None and not step > 0:
+            raise ValueError(f"scale step must be > 0 (or None: continuous), got {step}")
         self.scale_range = (float(lo), float(hi))
+        self.step = step
+        self.grid = scale_grid(self.scale_range, step) if step is not None else None
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = v2.query_size(flat_inputs)
         lo, hi = self.scale_range
-        s = lo + (hi - lo) * float(torch.rand(()))
+        if self.grid is not None:
+            s = self.grid[int(torch.randint(len(self.grid), ()))]
+        else:
+            s = lo + (hi - lo) * float(torch.rand(()))
         return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -175,6 +193,7 @@ def train_transforms(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     rotate_degrees: float = 10.0,
+    scale_step: float | None = None,
     blur: bool = True,
     color_jitter: bool = False,
 ) -> JointTransform:
@@ -193,7 +212,7 @@ def train_transforms(
 
     steps: list[v2.Transform] = []
     if augment in ("deeplab", "pspnet"):
-        steps.append(RandomScale(scale_range))
+        steps.append(RandomScale(scale_range, scale_step))
     if augment == "pspnet":
         if rotate_degrees:
             rotate = v2.RandomRotation(

@@ -49,9 +49,9 @@ def variants(backbone: str) -> dict[str, Variant]:
         "base-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (1,)},
                              "deeplab_v2.table4.base", recipe=base),
         "LargeFOV-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (12,)},
-                                 "deeplab_v2.table4.largefov", recipe=r101),
+                                 "deeplab_v2.table4.largefov", recipe=r101, sources=deeplab.RESNET101_SOURCES),
         "ASPP-L-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (6, 12, 18, 24)},
-                               "deeplab_v2.table4.aspp", recipe=r101),
+                               "deeplab_v2.table4.aspp", recipe=r101, sources=deeplab.RESNET101_SOURCES),
     }
 
 
@@ -62,6 +62,7 @@ ABLATION = Ablation(
     variants=variants("vgg16"),
     paper_data="voc",
     paper=deeplab.PAPER,
+    sources=deeplab.SOURCES,
     options={"backbone": Option(("vgg16", "resnet101"), "vgg16", variants,
                                 "vgg16: Table 3 (LargeFOV, ASPP-S, ASPP-L); resnet101: Table 4")},
     claims=(

@@ -104,20 +104,28 @@ def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
         from datamodules.synthetic import SYNTHETIC_TASKS
 
         data = dataclasses.replace(data, image_size=SYNTHETIC_TASKS[synthetic_task(ablation, run)].default_image_size)
-    window = recipe.eval.window
-    if recipe.eval.mode == "sliding" and window is None:
+    window, base_size = recipe.eval.window, recipe.eval.base_size
+    if recipe.eval.mode in ("sliding", "semseg") and window is None:
         window = data.crop_size or data.image_size
         if window is None:
-            raise RecipeError("eval.mode='sliding' needs eval.window (no training crop to take it from)")
+            raise RecipeError(f"eval.mode={recipe.eval.mode!r} needs eval.window (no training crop to take it from)")
+    if recipe.eval.mode == "semseg" and base_size is None:
+        base_size = data.image_size  # synthetic images: their own size (real data: set it)
+        if base_size is None:
+            raise RecipeError("eval.mode='semseg' needs eval.base_size, the long side images are resized to "
+                              "(hszhao/semseg: 512 for ADE20K and VOC, 2048 for Cityscapes)")
+    if recipe.eval.mode == "semseg" and run.data != "synthetic" and data.val_batch_size != 1:
+        raise RecipeError("eval.mode='semseg' resizes each image by its long side: it needs data.val_batch_size=1 "
+                          f"(a batch of real images is padded to one size), got {data.val_batch_size}")
     trainer = dataclasses.replace(recipe.trainer, precision=resolve_precision(recipe.trainer.precision, run.accelerator))
     recipe = dataclasses.replace(recipe, data=data, trainer=trainer,
-                                 eval=dataclasses.replace(recipe.eval, window=window))
+                                 eval=dataclasses.replace(recipe.eval, window=window, base_size=base_size))
     if task.name == "semantic":
         from lightning_modules.inference import check_protocol
 
         e = recipe.eval
         try:
-            check_protocol(e.mode, e.scales, e.flip, e.window, e.stride, e.pad_to, prefix="eval.")
+            check_protocol(e.mode, e.scales, e.flip, e.window, e.stride, e.pad_to, e.base_size, prefix="eval.")
         except ValueError as err:
             raise RecipeError(str(err)) from None
     accumulate = recipe.trainer.accumulate
@@ -202,11 +210,10 @@ def model_summary(cell: Cell, num_classes: int) -> tuple[int, list[str]]:
     except TypeError as err:  # a builder that forwards **kwargs met an unknown name
         raise RecipeError(f"model {cell.model!r}: {err}") from None
     check_model_fits_recipe(model, cell.recipe)
-    backbone = getattr(model, "backbone", None)
-    if not isinstance(backbone, torch.nn.Module):
-        heads = ["all (no pretrained backbone)"]
-    else:
-        heads = [name for name, child in model.named_children() if child is not backbone]
+    from models import new_layers, pretrained_modules
+
+    # the same declaration the optimiser's parameter groups use (lightning_modules.optim)
+    heads = new_layers(model) if pretrained_modules(model) else ["all (no pretrained backbone)"]
     return sum(p.numel() for p in model.parameters()), heads
 
 
@@ -243,14 +250,15 @@ def _base_card(ablation: Ablation, variant_name: str, seed: int, run: Run, cell:
         **{k: getattr(r.optim, k) for k in ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule",
                                              "poly_power", "lr_steps", "lr_gamma", "warmup_steps",
                                              "head_lr_mult", "bias_lr_mult")},
-        "bn": bn, "aux_weight": r.optim.aux_weight, "border_weight": r.optim.border_weight,
-        "augment": {"name": r.data.augment, "scale_range": r.data.scale_range,
+        "bn": bn, "bn_momentum": r.optim.bn_momentum,
+        "aux_weight": r.optim.aux_weight, "border_weight": r.optim.border_weight,
+        "augment": {"name": r.data.augment, "scale_range": r.data.scale_range, "scale_step": r.data.scale_step,
                     **AUGMENT_DETAILS[r.data.augment]},
         "precision": r.trainer.precision, "channels_last": r.trainer.channels_last,
         # with mixed precision, what stays fp32 runs as TF32 on GPUs that have it
         "tf32": r.trainer.precision in ("bf16-mixed", "16-mixed"),
         "deterministic": r.trainer.deterministic,
-        "eval": dataclasses.asdict(r.eval),
+        "eval": {**dataclasses.asdict(r.eval), "protocol": eval_protocol(r) if task.name == "semantic" else None},
         "val_every": r.trainer.val_every, "checkpoint_every": r.trainer.checkpoint_every,
         "log_every": r.trainer.log_every, "num_workers": r.data.num_workers,
         "smoke_rules": list(cell.smoke_rules), "notes": list(r.notes),
@@ -258,6 +266,14 @@ def _base_card(ablation: Ablation, variant_name: str, seed: int, run: Run, cell:
     if r.optim.train_only:  # only then: cards of earlier runs (which train everything) stay equal
         card["train_only"] = list(r.optim.train_only)
     return as_json(card)
+
+
+def eval_protocol(recipe: Recipe) -> str:
+    """The evaluation protocol in words (``lightning_modules.inference.protocol_label``)."""
+    from lightning_modules.inference import protocol_label
+
+    e = recipe.eval
+    return protocol_label(e.mode, e.scales, e.flip, e.window, e.stride, e.pad_to, e.base_size)
 
 
 def as_json(value: Any) -> Any:

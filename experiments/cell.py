@@ -186,13 +186,13 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
     trainer.validate(module, datamodule=datamodule, ckpt_path=str(final), verbose=False, weights_only=True)
     model = revert_sync_batchnorm(module.model)  # no-op unless a layer was left synchronised
     # real images of varying size and no fixed evaluation size (e.g. Mask R-CNN on VOC): no FLOPs
-    side = recipe.eval.pad_to or card["crop_size"]
+    side = recipe.eval.pad_to or (recipe.eval.window if recipe.eval.mode == "semseg" else None) or card["crop_size"]
     eval_size = [side, side] if side else None
     result = {
         "ablation": card["ablation"], "variant": card["variant"], "seed": seed,
         "dataset": card["dataset"], "preset": card["preset"],
         **{k: v for k, v in module.last_metrics.items()},
-        "eval_mode": recipe.eval.mode,
+        "eval_mode": recipe.eval.mode, "eval_protocol": card["eval"].get("protocol"), "eval": card["eval"],
         "crf": recipe.eval.crf,
         "params": sum(p.numel() for p in model.parameters()),
         "gflops": count_gflops(model, *eval_size) if eval_size else None, "eval_size": eval_size,

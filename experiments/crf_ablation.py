@@ -47,6 +47,7 @@ ABLATION = Ablation(
         Claim("ASPP-L", "ASPP-L", ">", "trimap_miou", eval_b="val_crf", source="DeepLab v1 Fig. 5 (trimap)"),
         Claim("LargeFOV", "ASPP-L", ">", eval_a="val_crf", eval_b="val_crf", source="DeepLab v2 Table 3"),
     ),
+    sources=deeplab.CRF_SOURCES,
 )
 
 if __name__ == "__main__":

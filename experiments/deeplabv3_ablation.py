@@ -55,6 +55,7 @@ ABLATION = Ablation(
     },
     paper_data="voc",
     paper=deeplab_v3.PAPER,          # ResNet-101, as Tables 3, 5 and 6
+    sources=deeplab_v3.SOURCES,
     # ResNet-50 at 1/8 width: a ResNet-101 trains too slowly from scratch on a CPU
     smoke={"model": {"backbone": "resnet50"}},
     claims=(

@@ -39,6 +39,8 @@ XCEPTION = {"backbone": "xception65", "output_stride": 16}
 # v3+ Sec. 4: scales {0.5, 0.75, 1.0, 1.25, 1.5, 1.75} and left-right flips, at output stride 8
 MS_FLIP_OS8 = {"output_stride": 8, "mode": "ms_flip", "scales": (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
                "flip": True, "pad_to": None}
+# Xception-65's weight decay 4e-5 (the official train.py default), with its source
+XCEPTION_RECIPE = {"recipe": deeplab_v3.XCEPTION, "sources": deeplab_v3.XCEPTION_SOURCES}
 
 
 def decoder(low_level_channels: int = 48, decoder_convs: int = 2, **extra) -> dict:
@@ -62,16 +64,19 @@ ABLATION = Ablation(
         "low-level 48, 1 conv": Variant("deeplab_v3plus", decoder(48, 1), "deeplab_v3plus.table1.ll48"),
         "low-level 64, 1 conv": Variant("deeplab_v3plus", decoder(64, 1), "deeplab_v3plus.table1.ll64"),
         "Xception-65 no decoder": Variant("deeplab_v3", {**XCEPTION, "separable": False},
-                                          "deeplab_v3plus.table5.no_decoder_os16"),
+                                          "deeplab_v3plus.table5.no_decoder_os16", **XCEPTION_RECIPE),
         "Xception-65 decoder": Variant("deeplab_v3plus", {**XCEPTION, "separable": False},
-                                       "deeplab_v3plus.table5.decoder_os16"),
+                                       "deeplab_v3plus.table5.decoder_os16", **XCEPTION_RECIPE),
         "Xception-65 decoder, eval OS 8": Variant("deeplab_v3plus", {**XCEPTION, "separable": False},
                                                  "deeplab_v3plus.table5.decoder_os8",
-                                                 recipe={"eval": {"output_stride": 8}}),
-        "Xception-65 decoder, separable": Variant("deeplab_v3plus", {**XCEPTION, "separable": True}),
+                                                 recipe={**XCEPTION_RECIPE["recipe"], "eval": {"output_stride": 8}},
+                                                 sources=XCEPTION_RECIPE["sources"]),
+        "Xception-65 decoder, separable": Variant("deeplab_v3plus", {**XCEPTION, "separable": True},
+                                                  **XCEPTION_RECIPE),
     },
     paper_data="voc",
     paper=deeplab_v3.PAPER,   # v3+ Sec. 4: trained as v3 (crop 513, batch 16, lr 0.007, 30K at OS 16)
+    sources=deeplab_v3.SOURCES,
     claims=(
         Claim("R101 no decoder", "R101 decoder", ">", source="DeepLab v3+ Table 3"),
         Claim("R101 no decoder", "R101 decoder", ">", "trimap_miou", source="DeepLab v3+ Fig. 5 (trimap)"),

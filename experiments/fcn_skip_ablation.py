@@ -41,6 +41,7 @@ ABLATION = Ablation(
     },
     paper_data="voc",
     paper=fcn.PAPER,
+    sources=fcn.SOURCES,
     # 1000 steps at lr 5e-3: at 300 steps / 2e-3 no FCN variant had left the all-background
     # solution yet (VGG16-BN from scratch)
     smoke={"optim": {"lr": 5e-3}, "trainer": {"max_steps": 1000, "val_every": 500}},

@@ -56,6 +56,7 @@ ABLATION = Ablation(
         ("B1 MAX", "B1 AVE"), ("B1236 MAX", "B1236 AVE"), ("B1236 MAX DR", "B1236 AVE DR"),  # AVE > MAX
         ("B1 AVE", "B1236 AVE"),                                          # the pyramid beats one bin
         ("B1236 AVE", "B1236 AVE DR"))),                                  # dimension reduction helps
+    sources=pspnet.SOURCES,
 )
 
 if __name__ == "__main__":

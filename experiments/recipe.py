@@ -35,7 +35,7 @@ from typing import Any
 AUGMENTATIONS = ("none", "flip", "deeplab", "pspnet")  # datamodules.transforms.train_transforms
 LR_SCHEDULES = ("poly", "step", "constant")
 BN_MODES = ("trained", "frozen")
-EVAL_MODES = ("whole", "ms_flip", "sliding")
+EVAL_MODES = ("whole", "ms_flip", "sliding", "semseg")   # lightning_modules.inference
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
 
 
@@ -51,6 +51,7 @@ class Data:
     global_batch: int = 8               # the paper's; the per-device batch is derived from it
     val_batch_size: int = 1             # per device
     scale_range: tuple[float, float] = (1.0, 1.0)
+    scale_step: float | None = None     # None: continuous factors; else the grid low:step:high
     augment: str = "flip"               # none | flip | deeplab | pspnet (datamodules.transforms)
     num_workers: int = 8
     image_size: int | None = None       # synthetic data only: image side (None: the task's)
@@ -73,6 +74,7 @@ class Optim:
     bias_lr_mult: float = 1.0           # biases and normalisation parameters (Caffe lr_mult 2)
     aux_weight: float = 0.0             # auxiliary loss (PSPNet: 0.4); needs an aux head
     bn: str = "trained"                 # trained | frozen (synchronised under DDP: trainer.sync_batchnorm)
+    bn_momentum: float | None = None    # every BN layer's momentum; None: PyTorch's 0.1
     border_weight: bool = False         # U-Net Eq. 2 pixel weights
     # top-level model children that are trained; every other parameter is frozen (requires_grad
     # False, BatchNorm in eval mode). () trains everything; ("score_fr",) is FCN-32s-fixed
@@ -94,16 +96,18 @@ class Trainer:
 
 @dataclass(frozen=True)
 class Eval:
-    mode: str = "whole"                 # whole | ms_flip | sliding (lightning_modules.inference)
-    pad_to: int | None = None           # whole: pad to at least pad_to × pad_to, crop back
-    scales: tuple[float, ...] = (1.0,)  # ms_flip
-    flip: bool = False                  # ms_flip
-    window: int | None = None           # sliding: window side (None: the training crop)
-    stride: int | None = None           # sliding: None = 2/3 of the window
+    mode: str = "whole"                 # whole | ms_flip | sliding | semseg (lightning_modules.inference)
+    pad_to: int | None = None           # whole, ms_flip: pad to at least pad_to × pad_to, crop back
+    scales: tuple[float, ...] = (1.0,)  # ms_flip: of the image; semseg: of base_size
+    flip: bool = False                  # ms_flip, semseg: average with the flipped image
+    window: int | None = None           # sliding, semseg: window side (None: the training crop)
+    stride: int | None = None           # sliding: None = 2/3 of the window; semseg: ceil(2/3 window)
+    base_size: int | None = None        # semseg: the long side images are resized to
     output_stride: int | None = None    # evaluate at another output stride (DeepLab v3 Table 6)
     trimap_width: int = 5
     checkerboard_period: int | None = None
     crf: Mapping[str, float] | None = None  # dense-CRF parameters (lightning_modules.crf.CRFParams)
+    crf_params_from: str | None = None  # the crf_params.json (experiments.crf_search) crf came from
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,33 @@ class Recipe:
     pretrained: bool | str = True       # the timm ImageNet weights of the paper's backbone, or a path
     seeds: tuple[int, ...] = (0, 1, 2)
     notes: tuple[str, ...] = ()         # known deviations from the paper, said on every card
+
+
+@dataclass(frozen=True)
+class Source:
+    """The paper's value of one recipe-card item and where it is written (a paper section or an
+    official config file); ``paper=None`` when the paper gives none. Each recipe module maps
+    card fields to these (``SOURCES``), and ``experiments.recipe_table`` puts them beside ours."""
+
+    paper: Any
+    source: str
+    matches: Callable[[Any], bool] | None = None   # where equality is not the test (e.g. layer names)
+
+    def agrees(self, ours: Any) -> bool | None:
+        """Whether our card value is the paper's (None: the paper gives no value)."""
+        if self.matches is not None:
+            return bool(self.matches(ours))
+        if self.paper is None:
+            return None
+        return _same(self.paper, ours)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+    return a == b
 
 
 SECTIONS = {"data": Data, "optim": Optim, "trainer": Trainer, "eval": Eval}
@@ -193,7 +224,8 @@ _POSITIVE = {("data", "global_batch"), ("data", "val_batch_size"), ("data", "cro
              ("data", "image_size"), ("data", "num_train"), ("data", "num_val"), ("trainer", "max_steps"),
              ("trainer", "val_every"), ("trainer", "checkpoint_every"), ("trainer", "log_every"),
              ("trainer", "accumulate"), ("eval", "pad_to"), ("eval", "window"), ("eval", "stride"),
-             ("eval", "output_stride"), ("eval", "checkerboard_period"), ("optim", "lr")}
+             ("eval", "output_stride"), ("eval", "checkerboard_period"), ("optim", "lr"),
+             ("eval", "base_size"), ("data", "scale_step")}
 _NON_NEGATIVE = {("data", "num_workers"), ("optim", "momentum"), ("optim", "weight_decay"),
                  ("optim", "poly_power"), ("optim", "warmup_steps"), ("optim", "head_lr_mult"),
                  ("optim", "bias_lr_mult"), ("optim", "aux_weight"), ("optim", "lr_gamma"),
@@ -216,6 +248,8 @@ def check_value(section: str, key: str, value: Any) -> Any:
         raise RecipeError(f"{where}: expected a value >= 0, got {value!r}")
     if (section, key) == ("data", "scale_range") and not 0 < value[0] <= value[1]:
         raise RecipeError(f"{where}: expected (low, high) with 0 < low <= high, got {value!r}")
+    if (section, key) == ("optim", "bn_momentum") and value is not None and not 0 < value < 1:
+        raise RecipeError(f"{where}: expected a momentum in (0, 1) (PyTorch's convention: 1 - decay), got {value!r}")
     if (section, key) == ("optim", "lr_steps") and list(value) != sorted(set(value)):
         raise RecipeError(f"{where}: expected increasing steps, got {value!r}")
     if (section, key) == ("optim", "train_only") and (len(set(value)) != len(value) or not all(value)):
@@ -339,14 +373,15 @@ SMOKE: dict[str, Any] = {
     "pretrained": False,
     "seeds": (0, 1),
     "data": {"train_split": None, "val_split": None, "crop_size": None, "global_batch": 8,
-             "val_batch_size": 16, "scale_range": (1.0, 1.0), "augment": "flip", "num_workers": 0},
+             "val_batch_size": 16, "scale_range": (1.0, 1.0), "scale_step": None, "augment": "flip",
+             "num_workers": 0},
     "optim": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "lr_schedule": "poly",
               "poly_power": 0.9, "lr_steps": (), "warmup_steps": 20, "head_lr_mult": 1.0,
-              "bias_lr_mult": 1.0, "bn": "trained"},
+              "bias_lr_mult": 1.0, "bn": "trained", "bn_momentum": None},
     "trainer": {"max_steps": 300, "val_every": 300, "checkpoint_every": 100, "deterministic": True,
                 "log_every": 10, "accumulate": 1},
     "eval": {"mode": "whole", "pad_to": None, "scales": (1.0,), "flip": False, "window": None,
-             "stride": None},
+             "stride": None, "base_size": None},
 }
 
 

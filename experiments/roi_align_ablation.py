@@ -61,6 +61,7 @@ ABLATION = Ablation(
         "RoIAlign (aligned)": Variant("mask_rcnn", {"roi_layer": "RoIAlign", "aligned": True}),
     },
     paper=mask_rcnn.PAPER,
+    sources=mask_rcnn.SOURCES,
     # Whole 128 px images (no resizing), anchors 8-128 px for objects of 12-40 px, fewer
     # proposals; 300 steps. One cell (RoIAlign, seed 0, one thread) took 167 s in the runner
     # with the 2 cores shared by other jobs (load 8); ~0.2 s per step when less loaded.

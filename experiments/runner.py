@@ -90,10 +90,18 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
     p.add_argument("--global-batch", type=POSITIVE_INT, help="recipe data.global_batch (default: the paper's)")
     p.add_argument("--accumulate", type=POSITIVE_INT, help="gradient accumulation steps")
     p.add_argument("--no-sync-batchnorm", action="store_true", help="keep per-process BatchNorm under DDP")
-    p.add_argument("--eval-mode", choices=["whole", "ms_flip", "sliding"])
+    p.add_argument("--eval-mode", choices=["whole", "ms_flip", "sliding", "semseg", "semseg_ms"],
+                   help="evaluation protocol (lightning_modules/inference.py): whole image (the recipe's "
+                        "pad_to kept, DeepLab: 513); ms_flip: DeepLab v3/v3+ scales 0.5-1.75 + flip; sliding "
+                        "windows; semseg: hszhao/semseg's long side 512 + 473 windows + flip (PSPNet); "
+                        "semseg_ms: the same at 0.5-1.75 x 512 (PSPNet +MS)")
     p.add_argument("--crf", action="store_true", help="also report results after dense CRF")
     p.add_argument("--crf-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a dense-CRF parameter (lightning_modules/crf.py CRFParams), e.g. bi_xy_std=50; repeatable")
+    p.add_argument("--crf-params-from", type=Path, metavar="PATH",
+                   help="the dense-CRF parameters cross-validated by python -m experiments.crf_search: a "
+                        "crf_params.json, a cell folder holding one (every variant), or a results folder "
+                        "with VARIANT/seedN/crf_params.json (each variant its own, as the papers did)")
     p.add_argument("--width", type=POSITIVE_FLOAT, help="channel width multiplier")
     p.add_argument("--image-size", type=POSITIVE_INT, help="synthetic data only: image side in pixels")
     p.add_argument("--synthetic-task", help="synthetic data only: run on another diagnostic task than the "
@@ -146,19 +154,14 @@ def command_line_changes(p: argparse.ArgumentParser, args: argparse.Namespace) -
         put("trainer", "channels_last", True)
     if args.pretrained is not None:
         put(None, "pretrained", {"true": True, "false": False}.get(args.pretrained.lower(), args.pretrained))
-    # a named protocol, whole: scales 0.5-1.75 and flips for ms_flip (DeepLab v3 Table 6), the
-    # training crop as the window for sliding; no padding for either
-    if args.eval_mode == "ms_flip":
-        from lightning_modules.inference import DEFAULT_SCALES
+    # a named protocol (lightning_modules.inference.EVAL_PROTOCOLS): the fields that define it;
+    # the rest (DeepLab's pad_to, semseg's base_size/window) are kept from the recipe
+    if args.eval_mode is not None:
+        from lightning_modules.inference import EVAL_PROTOCOLS
 
-        changes["eval"] = {"mode": "ms_flip", "scales": DEFAULT_SCALES, "flip": True, "pad_to": None,
-                           "window": None, "stride": None}
-    elif args.eval_mode == "sliding":
-        changes["eval"] = {"mode": "sliding", "scales": (1.0,), "flip": False, "pad_to": None}
-    elif args.eval_mode == "whole":
-        changes["eval"] = {"mode": "whole", "scales": (1.0,), "flip": False, "window": None, "stride": None}
+        changes["eval"] = dict(EVAL_PROTOCOLS[args.eval_mode])
     crf = parse_crf_params(p, args.crf_param)
-    if args.crf:
+    if (args.crf or args.crf_param) and args.crf_params_from is None:  # else per variant: with_crf_params
         put("eval", "crf", crf)
     for item in args.sets:
         key, sep, value = item.partition("=")
@@ -185,6 +188,41 @@ def parse_crf_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[
         except ValueError:
             parser.error(f"--crf-param {item!r}: {value!r} is not a number")
     return out
+
+
+def crf_params_file(path: Path, variant: str) -> Path:
+    """The crf_params.json for ``variant`` under ``path`` (see ``--crf-params-from``)."""
+    from experiments.crf_search import FILE
+
+    if path.is_file():
+        return path
+    if (path / FILE).exists():
+        return path / FILE
+    found = sorted((path / variant).glob(f"seed*/{FILE}"), key=lambda f: int(f.parent.name[4:] or 0))
+    if not found:
+        raise FileNotFoundError(f"--crf-params-from {path}: no {FILE} there nor under {path / variant}/seed*/ "
+                                f"(run python -m experiments.crf_search on a finished {variant!r} cell)")
+    return found[0]
+
+
+def with_crf_params(p: argparse.ArgumentParser, ablation: Ablation, names: list[str], path: Path,
+                    overrides: dict[str, float]) -> Ablation:
+    """Each selected variant evaluated with its cross-validated CRF parameters (its recipe's
+    ``eval.crf`` and ``eval.crf_params_from``; ``--crf-param`` values still win)."""
+    import dataclasses
+
+    from experiments.crf_search import load_crf_params
+
+    variants = dict(ablation.variants)
+    for name in names:
+        try:
+            params, source = load_crf_params(crf_params_file(path, name))
+        except (FileNotFoundError, KeyError, ValueError) as err:
+            p.error(str(err))
+        v = variants[name]
+        ev = {**v.recipe.get("eval", {}), "crf": {**params, **overrides}, "crf_params_from": source}
+        variants[name] = dataclasses.replace(v, recipe={**v.recipe, "eval": ev})
+    return dataclasses.replace(ablation, variants=variants)
 
 
 def _check_out(p: argparse.ArgumentParser, out: Path) -> None:
@@ -219,6 +257,8 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> tuple[argparse.Nam
         p.error("--image-size applies to synthetic data only (real data keep their own sizes)")
     if args.crf_param and not args.crf and ablation.paper.eval.crf is None:
         p.error("--crf-param needs --crf (this ablation does not run the dense CRF otherwise)")
+    if args.crf_params_from is not None and ablation.task != "semantic":
+        p.error("--crf-params-from applies to semantic-segmentation ablations only")
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once (a repeated seed is the same run)")
     if args.command != "cells" and not args.dry_run:
@@ -231,6 +271,9 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> tuple[argparse.Nam
     if unknown:
         p.error(f"unknown variant(s) {unknown}; this ablation has {list(ablation.variants)}")
     args.names = list(dict.fromkeys(names))
+    if args.crf_params_from is not None:
+        ablation = with_crf_params(p, ablation, args.names, args.crf_params_from,
+                                   parse_crf_params(p, args.crf_param))
     run = Run(data=args.data, data_root=str(args.data_root) if args.data_root else None, preset=args.preset,
               devices=args.devices, num_nodes=args.num_nodes, accelerator=args.accelerator, batch_size=args.batch_size,
               changes=command_line_changes(p, args), synthetic_task=args.synthetic_task)
@@ -306,7 +349,7 @@ def dry_run(ablation: Ablation, args: argparse.Namespace, run: Run) -> list[dict
     print("|---|---|---|---|---|---|---|---|")
     for c in cards:
         ev = c["eval"]
-        protocol = ev["mode"] + (f" pad {ev['pad_to']}" if ev["pad_to"] else "") + (" + CRF" if ev["crf"] else "")
+        protocol = (ev.get("protocol") or ev["mode"]) + (" + CRF" if ev["crf"] else "")
         print(f"| {c['variant']} | {c['seed']} | {c['model']} | {c['params'] / 1e6:.2f}M | {c['global_batch']} "
               f"({c['world_size']} x {c['batch_size_per_device']} x {c['accumulate']}) | {c['max_steps']} | "
               f"{c['lr']:g} ({c['lr_schedule']}) | {protocol} |")

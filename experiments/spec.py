@@ -37,6 +37,8 @@ class Variant:
     paper: str | None = None                    # key into paper_numbers.toml
     recipe: dict[str, Any] = field(default_factory=dict)
     smoke: dict[str, Any] = field(default_factory=dict)
+    # the paper's values of the recipe items this variant changes (experiments.recipe.Source)
+    sources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,9 @@ class Ablation:
     # the papers' directions, tested in the claims table; claims naming variants of another
     # --option choice are left out of that choice's table
     claims: tuple[Claim, ...] = ()
+    # card field -> the paper's value and its source (experiments/recipes/<paper>.py SOURCES),
+    # shown beside ours in the README's Recipes table (experiments.recipe_table)
+    sources: dict[str, Any] = field(default_factory=dict)
 
     def with_option(self, option: str, choice: str) -> Ablation:
         return replace(self, variants=self.options[option].variants(choice))

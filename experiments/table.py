@@ -84,7 +84,8 @@ def collect_rows(ablation: Ablation, variants: list[str], seeds: list[int], data
             "params": first.get("params"), "gflops": first.get("gflops"),
             "eval_size": first.get("eval_size"),
             "train_images_per_s": statistics.fmean(speeds) if speeds else None,
-            "eval_mode": (first.get("eval_mode") or "") + (" + CRF" if metric_key.endswith("_crf") else ""),
+            "eval_mode": (first.get("eval_protocol") or first.get("eval_mode") or "")
+                         + (" + CRF" if metric_key.endswith("_crf") else ""),
             "global_batch": first.get("global_batch"), "steps": first.get("steps"),
         }
         row[f"{task.primary}_mean"], row[f"{task.primary}_std"] = mean, std

@@ -71,7 +71,8 @@ def _common(data: Data, batch: int) -> dict[str, Any]:
 
 
 def _augmented(data: Data) -> dict[str, Any]:
-    return {"crop_size": data.crop_size, "scale_range": data.scale_range, "augment": data.augment}
+    return {"crop_size": data.crop_size, "scale_range": data.scale_range, "scale_step": data.scale_step,
+            "augment": data.augment}
 
 
 def _synthetic(root, task: str, seed: int, batch: int, data: Data):
@@ -150,9 +151,10 @@ def _semantic_module(model, num_classes: int, class_names, recipe: Recipe):
         evaluators.append(CheckerboardEvaluator(e.checkerboard_period))
     return SegmentationModule(
         model, num_classes, class_names=tuple(class_names),
-        **{k: getattr(o, k) for k in (*_SCHEDULE, "aux_weight", "bn", "border_weight", "train_only")},
+        **{k: getattr(o, k) for k in (*_SCHEDULE, "aux_weight", "bn", "bn_momentum", "border_weight", "train_only")},
         eval_mode=e.mode, eval_scales=e.scales, eval_flip=e.flip, eval_window=e.window,
-        eval_stride=e.stride, eval_pad_to=e.pad_to, eval_output_stride=e.output_stride,
+        eval_stride=e.stride, eval_pad_to=e.pad_to, eval_base_size=e.base_size,
+        eval_output_stride=e.output_stride,
         trimap_width=e.trimap_width, evaluators=evaluators, channels_last=recipe.trainer.channels_last,
     )
 

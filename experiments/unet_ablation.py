@@ -47,6 +47,7 @@ ABLATION = Ablation(
     variants=VARIANTS,
     paper_data="voc",
     paper=unet.PAPER,
+    sources=unet.SOURCES,
     # Valid padding runs each 128-px image as a 316-px input (92 px of mirrored context a
     # side): ~3x the cost. A 1-px trimap band: the borders between touching cells.
     smoke={"optim": {"lr": 5e-3}, "eval": {"trimap_width": 1},

@@ -56,6 +56,7 @@ ABLATION = Ablation(
     # FCN's recipe (batch 20, 500-px crops, 20K steps) for both; the checkerboard statistic at
     # the period of the last upsampling
     paper=override(fcn.PAPER, {"eval": {"checkerboard_period": 16}}),
+    sources=fcn.SOURCES,
     # 500 steps at lr 5e-3: FCN-8s (VGG16-BN from scratch) still predicts background only at
     # 150 steps and reaches ~62 mIoU at 500 (fcn_skip smoke logs); U-Net is quicker.
     smoke={"optim": {"lr": 5e-3}, "trainer": {"max_steps": 500, "val_every": 500}},

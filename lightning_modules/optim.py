@@ -1,8 +1,9 @@
 """Optimiser parameter groups and the learning-rate schedule, shared by the LightningModules.
 
-- Parameter groups: the *head* is every parameter outside ``model.backbone`` (the pretrained
-  part) and gets ``head_lr_mult`` × the base learning rate (DeepLab: 10× for the newly added
-  classifier/ASPP layers); biases and normalisation parameters get ``bias_lr_mult`` × (Caffe's
+- Parameter groups: the *head* is every parameter outside the model's pretrained modules
+  (``models.pretrained_modules``: ``model.backbone``, or what the model declares with
+  ``pretrained_modules()``, e.g. DeepLab-VGG's fc6/fc7) and gets ``head_lr_mult`` × the base
+  learning rate (DeepLab: 10× for the newly added fc8 / ASPP classifier layers); biases and normalisation parameters get ``bias_lr_mult`` × (Caffe's
   ``lr_mult: 2``) and no weight decay (``decay_mult: 0`` in the FCN/DeepLab prototxts).
 - Schedule (:func:`lr_factor`), a pure function of the optimiser step, so a resumed run continues
   it exactly (no scheduler state to get out of sync):
@@ -24,6 +25,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from models import new_layers, pretrained_modules, pretrained_parameter_ids
 
 LR_SCHEDULES = ("poly", "step", "constant")
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -66,9 +69,9 @@ def check_optimisation(optimizer: str, lr: float, momentum: float, weight_decay:
         (warmup_steps >= 0, f"warmup_steps must be >= 0, got {warmup_steps}"),
         (head_lr_mult >= 0 and bias_lr_mult >= 0,
          f"head_lr_mult and bias_lr_mult must be >= 0, got {head_lr_mult} and {bias_lr_mult}"),
-        (head_lr_mult == 1.0 or isinstance(getattr(model, "backbone", None), nn.Module),
-         f"head_lr_mult={head_lr_mult} needs the model to expose its pretrained part as `.backbone`; "
-         f"{type(model).__name__} has none"),
+        (head_lr_mult == 1.0 or bool(pretrained_modules(model)),
+         f"head_lr_mult={head_lr_mult} needs the model to expose its pretrained part as `.backbone` "
+         f"(or `pretrained_modules()`); {type(model).__name__} has none"),
     ]
     for ok, message in checks:
         if not ok:
@@ -106,16 +109,15 @@ def frozen_norms(model: nn.Module, train_only: Sequence[str]) -> list[nn.Module]
 
 
 def head_modules(model: nn.Module) -> list[str]:
-    """Names of the model's top-level children whose parameters get ``head_lr_mult``."""
-    return [name for name, _ in model.named_children() if name != "backbone"]
+    """Qualified names of the layers whose parameters get ``head_lr_mult`` (``models.new_layers``)."""
+    return new_layers(model)
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float,
                  bias_lr_mult: float) -> list[dict]:
     """Named groups ``{backbone,head}_{weight,bias}`` of the trainable parameters; ``base_lr``
     is each group's learning rate before the schedule."""
-    backbone = getattr(model, "backbone", None)
-    backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
+    backbone_ids = pretrained_parameter_ids(model)
     no_decay_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():

@@ -10,11 +10,14 @@ optimiser, the learning-rate schedule and the logging (the lightning-hydra-templ
   ``"adamw"`` for the CPU smoke preset), head/bias learning-rate multipliers, no weight decay
   on biases and norms; ``lr_schedule`` "poly" (DeepLab, PSPNet), "step" or "constant" (FCN),
   after an optional linear warm-up, recomputed from ``global_step`` before every step.
+  ``bn_momentum`` sets every BatchNorm layer's running-statistics momentum (DeepLab v3's
+  official decay 0.9997 is PyTorch momentum 0.0003); None keeps PyTorch's 0.1.
   ``bn="frozen"`` keeps BatchNorm in eval mode with fixed affine parameters (DeepLab v3's OS 8
   fine-tuning stage, Table 6). ``train_only`` trains only the named top-level modules of the
   model and freezes the rest, BatchNorm statistics included (FCN-32s-fixed, FCN Table 2).
-- Evaluation: ``eval_mode`` "whole" (``eval_pad_to``: DeepLab's 513 protocol), "ms_flip" or
-  "sliding" (``lightning_modules.inference.predict_probs``); ``eval_output_stride`` evaluates a
+- Evaluation: ``eval_mode`` "whole" (``eval_pad_to``: DeepLab's 513 protocol), "ms_flip",
+  "sliding" or "semseg" (hszhao/semseg's resize + sliding window + flip, ``eval_base_size``)
+  (``lightning_modules.inference.predict_probs``); ``eval_output_stride`` evaluates a
   DeepLab v3/v3+ at another output stride than it trained with (v3 Table 6: train 16, test 8).
 - Metrics: per stage (val, test) one dataset-level confusion matrix and one of the "trimap" band
   within ``trimap_width`` px of label boundaries (DeepLab v1/v2), synced across processes.
@@ -38,7 +41,7 @@ from torch import nn
 
 from datamodules.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from lightning_modules import optim
-from lightning_modules.inference import check_protocol, predict_probs
+from lightning_modules.inference import check_protocol, predict_probs, protocol_label
 from lightning_modules.metrics import Evaluator, segmentation_metrics, summarise
 from lightning_modules.per_image import evaluation_order, per_image_counts
 from lightning_modules.optim import lr_factor  # noqa: F401  (the schedule, importable from here)
@@ -69,9 +72,11 @@ class SegmentationModule(L.LightningModule):
                  lr_schedule: str = "poly", poly_power: float = 0.9, lr_steps: Sequence[int] = (),
                  lr_gamma: float = 0.1, warmup_steps: int = 0,
                  head_lr_mult: float = 1.0, bias_lr_mult: float = 1.0, aux_weight: float = 0.0,
-                 bn: str = "trained", border_weight: bool = False, train_only: Sequence[str] = (),
+                 bn: str = "trained", bn_momentum: float | None = None, border_weight: bool = False,
+                 train_only: Sequence[str] = (),
                  eval_mode: str = "whole", eval_scales: Sequence[float] = (1.0,), eval_flip: bool = False,
                  eval_window: int | None = None, eval_stride: int | None = None, eval_pad_to: int | None = None,
+                 eval_base_size: int | None = None,
                  eval_output_stride: int | None = None, trimap_width: int = 5,
                  evaluators: Sequence[Evaluator] = (), channels_last: bool = False,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
@@ -83,7 +88,8 @@ class SegmentationModule(L.LightningModule):
                                  lr_gamma, warmup_steps, head_lr_mult, bias_lr_mult, model)
         _check(aux_weight >= 0, f"aux_weight must be >= 0, got {aux_weight}")
         _check(bn in ("trained", "frozen"), f"bn must be 'trained' or 'frozen', got {bn!r}")
-        check_protocol(eval_mode, eval_scales, eval_flip, eval_window, eval_stride, eval_pad_to)
+        _check(bn_momentum is None or 0 < bn_momentum < 1, f"bn_momentum must be in (0, 1), got {bn_momentum}")
+        check_protocol(eval_mode, eval_scales, eval_flip, eval_window, eval_stride, eval_pad_to, eval_base_size)
         _check(eval_output_stride is None or hasattr(model, "set_output_stride"),
                f"eval_output_stride={eval_output_stride} needs a model that can change its output stride "
                f"(DeepLab v3/v3+ with a ResNet or Xception); {type(model).__name__} cannot")
@@ -106,6 +112,9 @@ class SegmentationModule(L.LightningModule):
         self._eval_order: list[int] | None = None  # this process's evaluation indices, in order
         self._eval_seen = 0
         self.batch_indices: torch.Tensor | None = None  # dataset indices of the batch being evaluated
+        if bn_momentum is not None:  # e.g. DeepLab v3's decay 0.9997 = PyTorch momentum 0.0003
+            for m in self._batch_norms():
+                m.momentum = bn_momentum
         if bn == "frozen":
             for m in self._batch_norms():
                 m.requires_grad_(False)
@@ -115,7 +124,7 @@ class SegmentationModule(L.LightningModule):
 
     @staticmethod
     def head_modules(model: nn.Module) -> list[str]:
-        """Names of the model's top-level children that get ``head_lr_mult`` (all but ``backbone``)."""
+        """Qualified names of the layers that get ``head_lr_mult`` (``models.new_layers``)."""
         return optim.head_modules(model)
 
     def _batch_norms(self) -> list[nn.Module]:
@@ -183,7 +192,14 @@ class SegmentationModule(L.LightningModule):
         """Class probabilities N×C×H×W under this module's evaluation protocol."""
         hp = self.hparams
         return predict_probs(self, images, hp.eval_mode, scales=hp.eval_scales, flip=hp.eval_flip,
-                             window=hp.eval_window, stride=hp.eval_stride, pad_to=hp.eval_pad_to)
+                             window=hp.eval_window, stride=hp.eval_stride, pad_to=hp.eval_pad_to,
+                             base_size=hp.get("eval_base_size"))
+
+    def eval_protocol(self) -> str:
+        """The evaluation protocol in words (``inference.protocol_label``), stored with the results."""
+        hp = self.hparams
+        return protocol_label(hp.eval_mode, hp.eval_scales, hp.eval_flip, hp.eval_window, hp.eval_stride,
+                              hp.eval_pad_to, hp.get("eval_base_size"))
 
     def _next_indices(self, n: int) -> torch.Tensor:
         """The dataset indices of the next ``n`` evaluated images (-1 where unknown)."""
@@ -235,6 +251,7 @@ class SegmentationModule(L.LightningModule):
                 if metrics.get(key) is not None:
                     self.log(f"{prefix}/{key}", metrics[key], prog_bar=key == "miou")
             metrics["eval_mode"] = self.hparams.eval_mode
+            metrics["eval_protocol"] = self.eval_protocol()
         self.last_metrics.update(results)
 
     def on_validation_epoch_start(self) -> None:

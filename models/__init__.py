@@ -11,7 +11,10 @@ interface (losses in training, per-image detections in eval).
 Every semantic model declares what the training code needs to know, so that no table keyed by
 model name has to mirror this package: ``backbone``, the ImageNet-pretrained part (``None`` for
 U-Net, trained from scratch), and ``has_aux_head``, True exactly when ``forward`` also returns
-``"aux"`` (PSPNet with ``aux=True``).
+``"aux"`` (PSPNet with ``aux=True``). A model whose ImageNet-initialised layers reach beyond
+``backbone`` says so with a ``pretrained_modules()`` method (DeepLab's VGG16 heads: fc6/fc7
+start from VGG's fc layers, only fc8 is new); :func:`pretrained_modules` reads either
+declaration and :func:`new_layers` names the rest, the layers that get the head learning rate.
 
 A plain dict maps names to builders (no string registry decorators, no config inheritance), so
 "go to definition" on any entry lands on the paper-faithful code.
@@ -73,6 +76,41 @@ def builder_accepts(name: str, kwarg: str) -> bool:
     return kwarg in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
+def pretrained_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's ImageNet-initialised parts (whether or not weights were loaded this time):
+    ``model.pretrained_modules()`` where the model declares it, else ``[model.backbone]``, or
+    ``[]`` for a model trained from scratch (``backbone = None``, U-Net)."""
+    declared = getattr(model, "pretrained_modules", None)
+    if callable(declared):
+        return list(declared())
+    backbone = getattr(model, "backbone", None)
+    return [backbone] if isinstance(backbone, nn.Module) else []
+
+
+def pretrained_parameter_ids(model: nn.Module) -> set[int]:
+    return {id(p) for m in pretrained_modules(model) for p in m.parameters()}
+
+
+def new_layers(model: nn.Module) -> list[str]:
+    """Qualified names of the largest submodules (or parameters) with no pretrained parameter:
+    the newly initialised layers, e.g. ``["classifier.fc8"]`` for DeepLab-LargeFOV."""
+    pretrained = pretrained_parameter_ids(model)
+
+    def walk(prefix: str, module: nn.Module, top: bool = False) -> list[str]:
+        ids = {id(p) for p in module.parameters()}
+        if not ids or ids <= pretrained:
+            return []
+        if not top and not ids & pretrained:
+            return [prefix]
+        out = [f"{prefix}.{n}" if prefix else n for n, p in module.named_parameters(recurse=False)
+               if id(p) not in pretrained]
+        for name, child in module.named_children():
+            out += walk(f"{prefix}.{name}" if prefix else name, child)
+        return out
+
+    return walk("", model, top=True)
+
+
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Build model ``name`` with ``num_classes`` output classes and the paper's knobs as kwargs."""
     make = builder(name)
@@ -81,4 +119,5 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     return make(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["available_models", "build_model", "builder", "builder_accepts", "builder_parameters"]
+__all__ = ["available_models", "build_model", "builder", "builder_accepts", "builder_parameters", "new_layers",
+           "pretrained_modules", "pretrained_parameter_ids"]

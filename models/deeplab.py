@@ -112,6 +112,11 @@ class DeepLabLargeFOV(nn.Module):
             self.classifier.pre_logits.load_imagenet(state)
         self.output_stride = 8
 
+    def pretrained_modules(self) -> list[nn.Module]:
+        """VGG16 and fc6/fc7 (from VGG's fc layers): only fc8 is new and gets the head lr (the
+        prototxts' ``lr_mult: 10`` on fc8 only)."""
+        return [self.backbone, self.classifier.pre_logits]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """pool5a: the stride-8 map fc6 sees."""
         return self.pool5a(self.backbone(x)["pool5"])
@@ -170,6 +175,12 @@ class DeepLabV2(nn.Module):
             )
         self.atrous_rates = atrous_rates
         self.output_stride = 8
+
+    def pretrained_modules(self) -> list[nn.Module]:
+        """The backbone, and with VGG16 every branch's fc6/fc7 (from VGG's fc layers): the new
+        layers are the fc8 of each branch (VGG, ``lr_mult: 10`` in the ASPP prototxt) or the
+        ASPP classifier convs (ResNet, ``fc1_voc12_c0..3``)."""
+        return [self.backbone] + [b.pre_logits for b in self.branches if isinstance(b, VGGBranch)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The stride-8 map the ASPP branches share (pool5 for VGG16, layer4 for ResNet)."""

@@ -86,6 +86,8 @@ def _export(ablation, root: Path) -> tuple[str, list[str]]:
     flags = ["--set", f"data.crop_size={size}"] + (["--set", "data.train_split=train"] if layout == "voc" else [])
     if ablation.paper.eval.pad_to:
         flags += ["--set", f"eval.pad_to={size}"]
+    if ablation.paper.eval.base_size:  # hszhao/semseg's protocol at the synthetic images' size
+        flags += ["--set", f"eval.base_size={size}", "--set", f"eval.window={size}"]
     return layout, flags
 
 

@@ -68,7 +68,7 @@ def test_paper_preset_uses_the_paper_recipe_and_the_variant(capsys):
     assert by["one rate"]["deviations"] == [] and by["one rate"]["pretrained"] is True
     assert by["r50"]["lr"] == 0.5 and by["r50"]["model_kwargs"]["atrous_rates"] == [6, 12]
     assert "batch_norm" not in by["one rate"]["model_kwargs"]  # smoke rules are smoke-only
-    assert by["one rate"]["head_layers"] == ["branches"] and by["one rate"]["global_batch"] == 10
+    assert by["one rate"]["head_layers"] == ["branches.0.fc8"] and by["one rate"]["global_batch"] == 10
 
 
 def test_smoke_changes_are_listed_against_the_paper(capsys):

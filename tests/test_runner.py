@@ -176,7 +176,7 @@ def test_paper_preset_runs_on_real_layout_data(tmp_path):
 
 
 @pytest.mark.parametrize("flags,mode", [(["--eval-mode", "sliding"], "sliding"), (["--eval-mode", "ms_flip"], "ms_flip"),
-                                        (["--crf"], "whole")])
+                                        (["--eval-mode", "semseg"], "semseg"), (["--crf"], "whole")])
 def test_evaluation_flags_run_and_are_recorded(tmp_path, flags, mode):
     rows = run(tmp_path, "--variant", "32s", "--seed", "0", *flags)
     metrics = json.loads((cell(tmp_path, "32s", 0) / "metrics.json").read_text())
@@ -200,6 +200,25 @@ def test_crf_params_are_named_checked_and_recorded(capsys):
         with pytest.raises(SystemExit):
             parse_args(TINY, bad)
         assert message in capsys.readouterr().err
+
+
+def test_crf_params_from_a_search_reach_each_variant_and_its_card(tmp_path, capsys):
+    from experiments.runner import parse_args
+
+    for name, w in (("8s", 5.0), ("32s", 6.0)):  # a results folder: VARIANT/seedN/crf_params.json
+        (tmp_path / name / "seed1").mkdir(parents=True)
+        (tmp_path / name / "seed1" / "crf_params.json").write_text(json.dumps(
+            {"params": {"iterations": 10, "pos_w": 3.0, "pos_xy_std": 3.0, "bi_w": w, "bi_xy_std": 70.0,
+                        "bi_rgb_std": 4.0}}))
+    args, _, _ = parse_args(TINY, ["--crf", "--crf-params-from", str(tmp_path), "--crf-param", "iterations=5",
+                                   "--dry-run"])
+    for name, w in (("8s", 5.0), ("32s", 6.0)):
+        ev = args.cards[name]["eval"]
+        assert ev["crf"]["bi_w"] == w and ev["crf"]["iterations"] == 5 and ev["crf"]["pos_xy_std"] == 3.0
+        assert ev["crf_params_from"] == str(tmp_path / name / "seed1" / "crf_params.json")
+    with pytest.raises(SystemExit):
+        parse_args(TINY, ["--crf", "--crf-params-from", str(tmp_path / "none")])
+    assert "crf_search" in capsys.readouterr().err
 
 
 def test_synthetic_task_flag_runs_another_task_into_its_own_folder(tmp_path, capsys):

@@ -86,7 +86,10 @@ def test_module_uses_the_step_schedule(tmp_path):
     ({"eval_window": 8}, "eval_window"),  # ignored by "whole": an error, not a silent no-op
     ({"eval_mode": "sliding", "eval_window": 8, "eval_stride": 9}, "eval_stride"),
     ({"eval_flip": True}, "eval_flip"),
-    ({"eval_mode": "ms_flip", "eval_pad_to": 32}, "eval_pad_to"),
+    ({"eval_mode": "sliding", "eval_window": 8, "eval_pad_to": 32}, "eval_pad_to"),
+    ({"eval_mode": "semseg", "eval_window": 8}, "eval_base_size"),
+    ({"eval_base_size": 64}, "eval_base_size"),  # semseg only
+    ({"bn_momentum": 1.5}, "bn_momentum"),
     ({"trimap_width": -1}, "trimap_width"),
     ({"class_names": ("a", "b")}, "class_names"),
     ({"evaluators": [nn.Identity()]}, "evaluators"),
@@ -318,6 +321,7 @@ def test_crf_evaluator_equals_hand_run_crf_and_confusion_matrix():
     module.log = lambda *a, **k: None  # no trainer to log to
     module.on_validation_epoch_end()
     expected = {**metrics_from_confusion(cm.compute()), "trimap_width": 1, "eval_mode": "whole",
+                "eval_protocol": "whole",
                 "trimap_miou": metrics_from_confusion(cm_trimap.compute())["miou"]}
     np.testing.assert_equal(module.last_metrics["val_crf"], expected)  # nan-aware, nested
     assert module.last_metrics["val"]["checkerboard"] == pytest.approx(float(torch.cat(energies).mean()))

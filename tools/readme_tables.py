@@ -7,11 +7,15 @@
   (see ``RESULT_SECTIONS``; run the scripts first), each results table followed by its computed
   claims table (``claims.md``, ``experiments/claims.py``), with their main figures copied to
   ``docs/figures/`` (committed, so the README shows them without the results folder).
+- ``recipes-<ablation>``: the paper preset's recipe beside the paper's values and sources
+  (``experiments.recipe_table``; built from the recipe cards, no data and no weights read).
 - ``receptive-fields``: the table and ERF maps of ``python -m tools.receptive_field``, and the
   RoIPool/RoIAlign figure of ``python -m tools.roi_quantisation``.
 
     python tools/readme_tables.py            # rewrite README.md in place
     python tools/readme_tables.py --check    # exit 1 if README.md is out of date
+    python tools/readme_tables.py --only recipes   # only the sections whose names start so
+                                                   # (e.g. without a results/ folder here)
 """
 
 from __future__ import annotations
@@ -130,11 +134,31 @@ def receptive_fields_section() -> str:
     return text + ("\n\n" + " ".join(links) if links else "")
 
 
-def render(readme: str) -> str:
+RECIPE_SECTIONS = ["fcn_skip", "aspp", "crf", "deeplabv3", "deeplabv3plus", "psp_bins", "unet", "upsampling",
+                   "roi_align"]
+
+
+def recipes_section(name: str) -> str:
+    import importlib.util
+
+    from experiments.recipe_table import render_recipe_table
+
+    script = ROOT / "experiments" / f"{name}_ablation.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_ablation", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return render_recipe_table(module.ABLATION)
+
+
+def render(readme: str, only: list[str] | None = None) -> str:
     sections = {"models": models_table, "receptive-fields": receptive_fields_section}
+    for name in RECIPE_SECTIONS:
+        sections[f"recipes-{name}"] = lambda n=name: recipes_section(n)
     for marker, ablation, dataset in RESULT_SECTIONS:
         sections[marker] = lambda a=ablation, d=dataset: results_section(a, d)
     for name, make in sections.items():
+        if only and not any(name.startswith(prefix) for prefix in only):
+            continue
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README.md has no <!-- BEGIN {name} --> ... <!-- END {name} --> section")
@@ -145,12 +169,13 @@ def render(readme: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--only", nargs="+", metavar="PREFIX", help="regenerate only these sections (name prefixes)")
     args = parser.parse_args()
     global CHECK_ONLY
     CHECK_ONLY = args.check
     path = ROOT / "README.md"
     old = path.read_text()
-    new = render(old)
+    new = render(old, args.only)
     if args.check:
         return 0 if new == old else 1
     path.write_text(new)

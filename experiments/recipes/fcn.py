@@ -24,3 +24,25 @@ PAPER = Recipe(
         "model: paper_padding=False (the reference's pad-100 + crop geometry is available as a knob)",
     ),
 )
+
+# The README's Recipes table: the paper's value of each card item and where it is written.
+from experiments.recipe import Source  # noqa: E402
+
+SOURCES = {
+    "train_split": Source("sbd_train", "Sec. 4.1 / footnote: SBD train (8,498 images)"),
+    "val_split": Source("seg11valid", "Sec. 4.1: 736 VOC 2011 val images not in SBD train "
+                                      "(shelhamer/fcn.berkeleyvision.org data/pascal/seg11valid.txt)"),
+    "crop_size": Source(None, "Sec. 4.3 'Patch sampling': whole images (no crop)",
+                        lambda crop: crop is None),
+    "global_batch": Source(20, "Sec. 4.3 'minibatch size of 20 images'"),
+    "max_steps": Source(None, "not given for batch 20"),
+    "optimizer": Source("sgd", "Sec. 4.3 'SGD with momentum'"),
+    "lr": Source(1e-4, "Sec. 4.3 'fixed learning rates of ... 10^-4 ... for FCN-VGG16'"),
+    "momentum": Source(0.9, "Sec. 4.3"),
+    "weight_decay": Source(5e-4, "Sec. 4.3 'weight decay of 5^-4 or 2^-4'"),
+    "lr_schedule": Source("constant", "Sec. 4.3 (fixed learning rate)"),
+    "bias_lr_mult": Source(2.0, "Sec. 4.3 'doubled learning rate for biases'"),
+    "augment.flip": Source(False, "Sec. 4.3 'Augmentation': mirroring and jittering gave no improvement, not used"),
+    "eval.protocol": Source("whole", "Sec. 4 (whole images)"),
+    "pretrained": Source(True, "Sec. 4.1: ILSVRC-pretrained VGG-16"),
+}

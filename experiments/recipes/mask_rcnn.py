@@ -19,3 +19,19 @@ PAPER = Recipe(
         "model: ResNet-50-FPN (the paper's final model, Table 3); Table 2c used ResNet-50-C4",
     ),
 )
+
+# The README's Recipes table: the paper's value of each card item and where it is written.
+from experiments.recipe import Source  # noqa: E402
+
+SOURCES = {
+    "global_batch": Source(16, "Sec. 3.1 'Training': 8 GPUs x 2 images"),
+    "optimizer": Source("sgd", "Sec. 3.1"),
+    "lr": Source(0.02, "Sec. 3.1 'learning rate of 0.02'"),
+    "momentum": Source(0.9, "Sec. 3.1"),
+    "weight_decay": Source(1e-4, "Sec. 3.1"),
+    "max_steps": Source(160000, "Sec. 3.1: 160k iterations on COCO"),
+    "lr_schedule": Source("step", "Sec. 3.1: lr / 10 at 120k iterations"),
+    "warmup_steps": Source(500, "Detectron configs WARM_UP_ITERS: 500"),
+    "bn": Source("frozen", "Sec. 3.1 / Detectron: frozen BatchNorm of the ImageNet backbone"),
+    "pretrained": Source(True, "Sec. 3.1: ImageNet-pretrained ResNet-50"),
+}
