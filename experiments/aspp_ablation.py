@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.recipe import Source  # noqa: E402
 from experiments.recipes import deeplab  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Claim, Option, Variant  # noqa: E402
@@ -44,10 +45,12 @@ def variants(backbone: str) -> dict[str, Variant]:
         }
     # Table 4: LargeFOV = a single rate-12 branch on the dilated ResNet; kazuto1011's recipe
     r101 = {**deeplab.RESNET101, "notes": deeplab.RESNET101_NOTES}
-    base = {**deeplab.RESNET101, "data": {"scale_range": (1.0, 1.0)}}  # no "Aug" (random scaling)
+    base = {**r101, "data": {"scale_range": (1.0, 1.0)}}  # no "Aug" (random scaling)
+    base_sources = {**{k: v for k, v in deeplab.RESNET101_SOURCES.items() if k != "augment.scale_step"},
+                    "augment.scale_range": Source([1.0, 1.0], "v2 Table 4: the base row comes before '+Aug'")}
     return {
         "base-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (1,)},
-                             "deeplab_v2.table4.base", recipe=base),
+                             "deeplab_v2.table4.base", recipe=base, sources=base_sources),
         "LargeFOV-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (12,)},
                                  "deeplab_v2.table4.largefov", recipe=r101, sources=deeplab.RESNET101_SOURCES),
         "ASPP-L-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (6, 12, 18, 24)},

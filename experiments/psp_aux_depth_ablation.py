@@ -32,7 +32,7 @@ from experiments.recipes import pspnet  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Option, Variant  # noqa: E402
 
-MS = {"eval": {"mode": "ms_flip", "scales": (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), "flip": True}}
+MS = pspnet.MS_EVAL   # hszhao/semseg's multi-scale test: 0.5-1.75 x 512, windows + flip
 
 
 def variants(table: str) -> dict[str, Variant]:

@@ -139,5 +139,5 @@ def test_recipe_table_splits_rows_where_variants_differ():
 
     lr = [r for r in recipe_rows(ABLATION) if r["item"] == "lr"]
     assert {r["ours"] for r in lr} == {"0.001", "0.00025"}
-    assert {tuple(r["variants"]) for r in lr} == {("LargeFOV", "ASPP-S", "ASPP-L"), ("LargeFOV-R101", "ASPP-L-R101")}
+    assert {tuple(r["variants"]) for r in lr} == {("LargeFOV", "ASPP-S", "ASPP-L"), ("base-R101", "LargeFOV-R101", "ASPP-L-R101")}
     assert all(r["status"] == "✓" for r in recipe_rows(ABLATION))

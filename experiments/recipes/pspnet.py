@@ -24,7 +24,7 @@ PAPER = Recipe(
         "pretrained: timm's resnet50s.gluon_in1k deep-stem weights, not the authors' resnet50_v2.pth",
     ),
 )
-MS_EVAL = {"eval": {"scales": SEMSEG_MS_SCALES}}   # PSPNet "+MS"
+MS_EVAL = {"eval": {"mode": "semseg", "scales": SEMSEG_MS_SCALES, "flip": True}}   # PSPNet "+MS"
 
 _YAML = "hszhao/semseg config/ade20k/ade20k_pspnet50.yaml"
 SOURCES = {
