@@ -40,13 +40,14 @@ def variants(backbone: str) -> dict[str, Variant]:
             "ASPP-L": Variant("deeplab_v2", {"backbone": "vgg16", "atrous_rates": (6, 12, 18, 24)},
                               "deeplab_v2.table3.aspp_l"),
         }
-    # Table 4: LargeFOV = a single rate-12 branch on the dilated ResNet; kazuto1011's recipe
+    # Table 4: LargeFOV = a single rate-12 branch on the dilated ResNet; kazuto1011's recipe with
+    # multi-scale inputs (MSC); the paper's numbers also need COCO pre-training: no Δ
     r101 = {**deeplab.RESNET101, "notes": deeplab.RESNET101_NOTES}
     return {
         "LargeFOV-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (12,)},
-                                 "deeplab_v2.table4.largefov", recipe=r101),
+                                 "deeplab_v2.table4.largefov", recipe=r101, not_comparable=deeplab.NEEDS_COCO),
         "ASPP-L-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (6, 12, 18, 24)},
-                               "deeplab_v2.table4.aspp", recipe=r101),
+                               "deeplab_v2.table4.aspp", recipe=r101, not_comparable=deeplab.NEEDS_COCO),
     }
 
 

@@ -25,13 +25,17 @@ class Variant:
 
     ``kwargs`` are model keyword arguments named as in the paper; ``recipe`` holds the
     variant's other settings as recipe overrides (``{"optim": {"border_weight": True}}``,
-    ``{"eval": {"output_stride": 8}}``, ``{"pretrained": False}``). Both sit above the
-    ablation's recipe and below the command line (``experiments/recipe.py``)."""
+    ``{"eval": {"output_stride": 8}}``, ``{"pretrained": False}``, ``{"init_from": "FCN-32s"}``).
+    Both sit above the ablation's recipe and below the command line (``experiments/recipe.py``).
+
+    ``not_comparable``: why the paper's number cannot be reached by this recipe (e.g. it needs
+    MS-COCO pre-training); the table then prints the paper's number with this reason and no Δ."""
 
     model: str                                  # a name from models.available_models()
     kwargs: dict[str, Any] = field(default_factory=dict)
     paper: str | None = None                    # key into paper_numbers.toml
     recipe: dict[str, Any] = field(default_factory=dict)
+    not_comparable: str | None = None
 
 
 @dataclass(frozen=True)
