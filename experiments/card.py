@@ -29,7 +29,8 @@ AUGMENT_DETAILS = {  # datamodules.transforms.train_transforms, per augment name
     "deeplab": {"flip": True, "rotate": None, "blur": None},
     "pspnet": {"flip": True, "rotate": "±10° (p=0.5)", "blur": "Gaussian 5×5, σ=1.1 (p=0.5)"},
     "unet": {"flip": False, "rotate": f"±{UNET_ROTATE_DEGREES:g}°", "blur": None,
-             "elastic": "3×3 grid, σ=10 px, bicubic", "grey": f"brightness, contrast ×[{1 - UNET_GREY:g}, {1 + UNET_GREY:g}]"},
+             "elastic": "3×3 grid, σ=10 px, bicubic",
+             "grey": f"brightness, contrast ×[{1 - UNET_GREY:g}, {1 + UNET_GREY:g}]"},
 }
 
 

@@ -24,7 +24,8 @@ TINY = Ablation(
         "16s": Variant("fcn16s", {}, "fcn.table2.fcn16s", recipe={"init_from": "32s"}),
         "8s": Variant("fcn8s", {}, "fcn.table2.fcn8s", recipe={"init_from": "16s"}),
     },
-    paper_data="voc", paper=dataclasses.replace(Recipe(), optim=dataclasses.replace(Recipe().optim, stage_lr_factor=0.1)),
+    paper_data="voc",
+    paper=dataclasses.replace(Recipe(), optim=dataclasses.replace(Recipe().optim, stage_lr_factor=0.1)),
     smoke={"width": 0.0625, "data": {"num_train": 4, "num_val": 2, "image_size": 64, "global_batch": 2},
            "trainer": {"max_steps": 2, "val_every": 2, "checkpoint_every": 2}},
 )
