@@ -174,7 +174,8 @@ class SegmentationDataModule(L.LightningDataModule):
     Args:
         batch_size: training batch size per process.
         val_batch_size: evaluation batch size per process (1 = no padding inside a batch).
-        crop_size: training crop, int or (height, width).
+        crop_size: training crop, int or (height, width); None trains on whole images (a batch
+            of several is padded to its largest image by ``pad_collate``).
         scale_range: random scale factors for the "deeplab" and "pspnet" recipes.
         scale_step: None (continuous factors) or the step of the factor grid (DeepLab v3: 0.25).
         augment: "none" | "flip" | "deeplab" | "pspnet" (see ``datamodules.transforms``).
@@ -194,7 +195,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self,
         batch_size: int = 8,
         val_batch_size: int = 1,
-        crop_size: int | tuple[int, int] = 321,
+        crop_size: int | tuple[int, int] | None = 321,
         scale_range: tuple[float, float] = (0.5, 2.0),
         augment: str = "deeplab",
         num_workers: int = 4,

@@ -11,6 +11,17 @@ Recipes (``augment``):
   ±``rotate_degrees`` (p=0.5), Gaussian blur of the image (kernel 5, sigma 1.1 — OpenCV's sigma
   for a 5-tap kernel — p=0.5), horizontal flip, pad, random crop. Rotation is the expensive
   step (torchvision's ``grid_sample`` path, ~0.1 s for a 2×-scaled VOC image and its mask).
+- ``"unet"``: U-Net Sec. 3.1, "shift and rotation invariance as well as robustness to
+  deformations and gray value variations": an elastic deformation (:class:`ElasticDeformation`:
+  random displacement vectors on a coarse 3×3 grid, σ = 10 px, per-pixel displacements by
+  bicubic interpolation), a random rotation in ±``UNET_ROTATE_DEGREES``, grey-value changes
+  (brightness and contrast ×[0.8, 1.2], image only) and the shift of a random crop position.
+  The paper gives the deformation's grid and σ; the rotation and grey-value ranges are ours. No
+  flips (the paper lists none).
+
+``crop_size=None`` trains on whole images (FCN Sec. 4.3; the FCN paper preset with ``augment=
+"none"``): no padding and no crop, so a batch holds images of different sizes, which
+``datamodules.base.pad_collate`` pads to the largest one (mean colour / ``IGNORE_INDEX``).
 
 Padding fills images with the mean colour (``round(mean * 255)`` in uint8, so it becomes 0
 after normalisation) and masks with ``IGNORE_INDEX``; torchvision's ``pad_if_needed`` splits
@@ -36,6 +47,7 @@ from datamodules.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "AUGMENTATIONS",
+    "ElasticDeformation",
     "GaussianBlur",
     "JointTransform",
     "RandomScale",
@@ -43,7 +55,9 @@ __all__ = [
     "train_transforms",
 ]
 
-AUGMENTATIONS = ("none", "flip", "deeplab", "pspnet")
+AUGMENTATIONS = ("none", "flip", "deeplab", "pspnet", "unet")
+UNET_ROTATE_DEGREES = 15.0   # ours: U-Net Sec. 3.1 names rotations without a range
+UNET_GREY = 0.2              # ours: brightness and contrast factors in [0.8, 1.2]
 
 
 def scale_grid(scale_range: tuple[float, float], step: float) -> list[float]:
@@ -131,6 +145,55 @@ class GaussianBlur(v2.Transform):
         return tv_tensors.wrap(z.to(inpt.dtype).reshape(inpt.shape), like=inpt)
 
 
+class ElasticDeformation(v2.Transform):
+    """U-Net Sec. 3.1: "smooth deformations using random displacement vectors on a coarse 3 by 3
+    grid. The displacements are sampled from a Gaussian distribution with 10 pixels standard
+    deviation. Per-pixel displacements are then computed using bicubic interpolation."
+
+    One displacement field per call (``grid`` × ``grid`` vectors, N(0, ``sigma``²) px each,
+    the grid points on the image's corners, edges and centre), upsampled bicubically to every
+    pixel; image and mask are both resampled at ``pixel + displacement`` with the same field:
+    the image ``image_interpolation`` (bilinear; "nearest" for tests), the mask always
+    nearest, so it only ever holds labels it had. Samples beyond the border are mirrored (the
+    paper's overlap-tile inference mirrors too), so no fill label is introduced.
+    """
+
+    def __init__(self, grid: int = 3, sigma: float = 10.0, image_interpolation: str = "bilinear") -> None:
+        super().__init__()
+        if grid < 2 or sigma < 0:
+            raise ValueError(f"need grid >= 2 and sigma >= 0, got {grid}, {sigma}")
+        if image_interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"image_interpolation must be 'bilinear' or 'nearest', got {image_interpolation!r}")
+        self.grid, self.sigma, self.image_interpolation = grid, float(sigma), image_interpolation
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        coarse = torch.randn(1, 2, self.grid, self.grid) * self.sigma  # (dx, dy) in pixels
+        dense = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)[0]
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+        x, y = xs + dense[0], ys + dense[1]
+        # grid_sample's normalised coordinates with align_corners=True: -1 / +1 = first / last pixel
+        gx = 2 * x / max(w - 1, 1) - 1
+        gy = 2 * y / max(h - 1, 1) - 1
+        return {"grid": torch.stack([gx, gy], dim=-1)[None], "displacement": dense}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            return inpt
+        mask = isinstance(inpt, tv_tensors.Mask)
+        x = inpt.as_subclass(torch.Tensor)
+        shape = x.shape
+        x = x.reshape(1, -1, *shape[-2:]).to(torch.float32)
+        mode = "nearest" if mask else self.image_interpolation
+        y = torch.nn.functional.grid_sample(x, params["grid"], mode=mode, padding_mode="reflection",
+                                            align_corners=True)
+        if not inpt.dtype.is_floating_point:
+            info = torch.iinfo(inpt.dtype)
+            y = y.round_().clamp_(info.min, info.max)
+        return tv_tensors.wrap(y.to(inpt.dtype).reshape(shape), like=inpt)
+
+
 class _CheckMaskRange(v2.Transform):
     """Masks enter as uint8 (values 0-255); refuse anything that would wrap around."""
 
@@ -165,7 +228,9 @@ class JointTransform:
         return f"{type(self).__name__}({self.pipeline})"
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+def _pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
     if isinstance(size, int):
         size = (size, size)
     size = tuple(int(s) for s in size)
@@ -187,7 +252,7 @@ def mean_fill(mean: Sequence[float]) -> tuple[int, int, int]:
 
 
 def train_transforms(
-    crop_size: int | tuple[int, int],
+    crop_size: int | tuple[int, int] | None,
     scale_range: tuple[float, float] = (0.5, 2.0),
     augment: str = "deeplab",
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -201,7 +266,7 @@ def train_transforms(
 
     ``rotate_degrees`` and ``blur`` only matter for ``augment="pspnet"``; ``color_jitter``
     (brightness/contrast/saturation 0.4, image only, off in all reproduced papers) can be added
-    to any recipe.
+    to any recipe. ``crop_size=None``: whole images (no padding, no crop).
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
@@ -221,15 +286,23 @@ def train_transforms(
             steps.append(v2.RandomApply([rotate], p=0.5))
         if blur:
             steps.append(v2.RandomApply([GaussianBlur(5, sigma=1.1)], p=0.5))
+    if augment == "unet":
+        steps += [
+            ElasticDeformation(grid=3, sigma=10.0),
+            v2.RandomRotation(UNET_ROTATE_DEGREES, interpolation=v2.InterpolationMode.BILINEAR, fill=fill()),
+            v2.ColorJitter(brightness=UNET_GREY, contrast=UNET_GREY),  # grey values: images only
+        ]
     if color_jitter:
         steps.append(v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4))
     if augment == "none":
-        steps += [_PadTo(crop, fill()), v2.CenterCrop(crop)]
+        if crop is not None:
+            steps += [_PadTo(crop, fill()), v2.CenterCrop(crop)]
     else:
         if augment == "pspnet":
             steps.append(v2.RandomHorizontalFlip())
-        steps.append(v2.RandomCrop(crop, pad_if_needed=True, fill=fill(), padding_mode="constant"))
-        if augment != "pspnet":
+        if crop is not None:  # the crop's random position is U-Net's shift
+            steps.append(v2.RandomCrop(crop, pad_if_needed=True, fill=fill(), padding_mode="constant"))
+        if augment not in ("pspnet", "unet"):
             steps.append(v2.RandomHorizontalFlip())
     return JointTransform(steps + _normalise(mean, std))
 

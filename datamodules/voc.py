@@ -7,6 +7,16 @@ an error, not a warning. Split sizes on the real data: train 1,464, val 1,449, t
 train_aug 10,582. Label 255 marks VOC's object boundaries and is ignored (``IGNORE_INDEX``);
 SBD masks have no boundary label.
 
+The FCN paper's data protocol (Long et al., CVPR 2015, Sec. 4; reference code
+``data/pascal/README.md``) has two more splits:
+
+- ``sbd_train``: SBD's own ``train.txt`` (8,498 images), images and masks from the SBD release
+  (``img/*.jpg``, ``cls/*.mat``), as the reference ``SBDDSegDataLayer`` reads them;
+- ``seg11valid``: the 736 VOC 2011 val images that are not in SBD train, listed in
+  ``datamodules/lists/seg11valid.txt`` (shipped with the code, copied from the FCN reference
+  code; see the README there), read from the VOC 2012 tree (which contains every VOC 2011
+  image) with VOC's boundary-labelled masks.
+
 Expected layout under ``root``::
 
     VOCdevkit/VOC2012/JPEGImages/*.jpg
@@ -99,8 +109,11 @@ def bitget_palette(n: int = 256) -> list[tuple[int, int, int]]:
 
 VOC_PALETTE = bitget_palette(256)  # 0 black, 1 (128, 0, 0), ..., 255 (224, 224, 192)
 
-SPLITS = ("train", "val", "trainval", "train_aug")
-EXPECTED_SIZES = {"train": 1464, "val": 1449, "trainval": 2913, "train_aug": 10582}
+SPLITS = ("train", "val", "trainval", "train_aug", "sbd_train", "seg11valid")
+EXPECTED_SIZES = {"train": 1464, "val": 1449, "trainval": 2913, "train_aug": 10582,
+                  "sbd_train": 8498, "seg11valid": 736}
+# FCN's validation ids (shelhamer/fcn.berkeleyvision.org data/pascal/seg11valid.txt; lists/README.md)
+SEG11VALID_LIST = Path(__file__).resolve().parent / "lists" / "seg11valid.txt"
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 SBD_URL = "http://home.bharathh.info/pubs/codes/SBD/download.html (benchmark.tgz)"
 AUG_URL = "https://www.dropbox.com/s/oeu149j8qtbs1x0/SegmentationClassAug.zip"
@@ -171,8 +184,9 @@ class VOCSegmentation(CheckedSegmentationDataset):
     """VOC 2012 segmentation split: items are (uint8 3×H×W image, int64 H×W mask) or
     ``transforms(image, mask)``.
 
-    ``split``: "train" (1,464), "val" (1,449), "trainval" (2,913) or "train_aug" (10,582);
-    see the module docstring for the layout and the mask precedence of ``train_aug``.
+    ``split``: "train" (1,464), "val" (1,449), "trainval" (2,913), "train_aug" (10,582), or
+    FCN's "sbd_train" (8,498) and "seg11valid" (736); see the module docstring for the layout,
+    the mask precedence of ``train_aug`` and the sources of the FCN splits.
 
     Layout problems (missing root, list files, listed images/masks) raise at construction.
     Per-item problems (undecodable file, RGB mask, image/mask size mismatch, labels outside
@@ -209,7 +223,23 @@ class VOCSegmentation(CheckedSegmentationDataset):
             ),
             None,
         )
-        if split != "train_aug":
+        if split == "seg11valid":
+            ids = _read_list(SEG11VALID_LIST)
+            mask_sources = [(voc / "SegmentationClass", ".png", voc_png)]
+            image_sources = [(voc / "JPEGImages", voc_jpg)]
+        elif split == "sbd_train":
+            if not ((sbd / "train.txt").is_file() and (sbd / "cls").is_dir()):
+                raise FileNotFoundError(
+                    f"split='sbd_train' (FCN's 8,498 training images) needs the SBD release at "
+                    f"{sbd} (train.txt, cls/*.mat, img/*.jpg); DeepLab's SegmentationClassAug "
+                    f"has no SBD train list. Download it with 'python -m datamodules.download sbd "
+                    f"--root {self.root}' (or from {SBD_URL}).\n{LAYOUT}"
+                )
+            ids = _read_list(sbd / "train.txt")
+            # the reference's SBDDSegDataLayer: SBD's image and SBD's .mat mask, never VOC's
+            mask_sources = [(sbd / "cls", ".mat", _stems(sbd / "cls", ".mat"))]
+            image_sources = [(sbd / "img", _stems(sbd / "img", ".jpg"))]
+        elif split != "train_aug":
             ids = _read_list(lists / f"{split}.txt")
             mask_sources = [(voc / "SegmentationClass", ".png", voc_png)]
             image_sources = [(voc / "JPEGImages", voc_jpg)]
@@ -351,13 +381,15 @@ class VOCDataModule(SegmentationDataModule):
                 Path(self.root) / "VOCdevkit" / "VOC2012" / "SegmentationClassAug",
             )
         )
-        if "train_aug" in (self.train_split, self.val_split) and not has_aug:
+        if ("train_aug" in (self.train_split, self.val_split) and not has_aug) or "sbd_train" in (
+            self.train_split, self.val_split
+        ):
             names.append("sbd")
         download(names, Path(self.root))
 
     def make_datasets(self, stage: str | None) -> None:
         if stage in (None, "fit"):
-            if self.train_split != "train_aug":
+            if self.train_split not in ("train_aug", "sbd_train"):
                 log.warning(
                     "VOC: training on %r, not 'train_aug' (10,582 images): the papers' numbers "
                     "need the SBD-augmented set",

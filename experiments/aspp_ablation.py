@@ -43,18 +43,22 @@ def variants(backbone: str) -> dict[str, Variant]:
             "ASPP-L": Variant("deeplab_v2", {"backbone": "vgg16", "atrous_rates": (6, 12, 18, 24)},
                               "deeplab_v2.table3.aspp_l"),
         }
-    # Table 4: LargeFOV = a single rate-12 branch on the dilated ResNet; kazuto1011's recipe
+    # Table 4: LargeFOV = a single rate-12 branch on the dilated ResNet; kazuto1011's recipe with
+    # multi-scale inputs (MSC); the paper's numbers also need COCO pre-training: no Δ
     r101 = {**deeplab.RESNET101, "notes": deeplab.RESNET101_NOTES}
-    base = {**r101, "data": {"scale_range": (1.0, 1.0)}}  # no "Aug" (random scaling)
+    # the first row: no MSC, no COCO, no "Aug" (random scaling)
+    base = {"optim": deeplab.RESNET101["optim"], "data": {"scale_range": (1.0, 1.0)}}
     base_sources = {**{k: v for k, v in deeplab.RESNET101_SOURCES.items() if k != "augment.scale_step"},
                     "augment.scale_range": Source([1.0, 1.0], "v2 Table 4: the base row comes before '+Aug'")}
     return {
         "base-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (1,)},
                              "deeplab_v2.table4.base", recipe=base, sources=base_sources),
         "LargeFOV-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (12,)},
-                                 "deeplab_v2.table4.largefov", recipe=r101, sources=deeplab.RESNET101_SOURCES),
+                                 "deeplab_v2.table4.largefov", recipe=r101, sources=deeplab.RESNET101_SOURCES,
+                                 not_comparable=deeplab.NEEDS_COCO),
         "ASPP-L-R101": Variant("deeplab_v2", {"backbone": backbone, "atrous_rates": (6, 12, 18, 24)},
-                               "deeplab_v2.table4.aspp", recipe=r101, sources=deeplab.RESNET101_SOURCES),
+                               "deeplab_v2.table4.aspp", recipe=r101, sources=deeplab.RESNET101_SOURCES,
+                               not_comparable=deeplab.NEEDS_COCO),
     }
 
 

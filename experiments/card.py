@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from datamodules.transforms import UNET_GREY, UNET_ROTATE_DEGREES
 from experiments.recipe import SMOKE, Recipe, RecipeError, as_dict, model_rule_kwargs, override
 from experiments.spec import Ablation
 from experiments.tasks import get_task
@@ -27,6 +28,9 @@ AUGMENT_DETAILS = {  # datamodules.transforms.train_transforms, per augment name
     "flip": {"flip": True, "rotate": None, "blur": None},
     "deeplab": {"flip": True, "rotate": None, "blur": None},
     "pspnet": {"flip": True, "rotate": "±10° (p=0.5)", "blur": "Gaussian 5×5, σ=1.1 (p=0.5)"},
+    "unet": {"flip": False, "rotate": f"±{UNET_ROTATE_DEGREES:g}°", "blur": None,
+             "elastic": "3×3 grid, σ=10 px, bicubic",
+             "grey": f"brightness, contrast ×[{1 - UNET_GREY:g}, {1 + UNET_GREY:g}]"},
 }
 
 
@@ -77,6 +81,27 @@ def _check_model_keys(model: Mapping[str, Any]) -> None:
             raise RecipeError(f"model.{key}: set {key!r} at the recipe's top level (--{key} on the command line)")
 
 
+def init_chain(ablation: Ablation, variant_name: str, run: Run) -> list[str]:
+    """The variants this cell's weights come from through ``init_from``, nearest first
+    (``experiments/stages.py``); RecipeError for an unknown name or a cycle."""
+    chain, current = [], variant_name
+    while True:
+        parent = _layers(ablation, current, run.preset, {}, run.changes).init_from
+        if parent is None:
+            return chain
+        if parent not in ablation.variants:
+            import difflib
+
+            close = difflib.get_close_matches(parent, list(ablation.variants), n=1, cutoff=0.5)
+            raise RecipeError(f"init_from of variant {current!r}: {parent!r} is not a variant of this ablation"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; its variants: {list(ablation.variants)}")
+        if parent == variant_name or parent in chain:
+            raise RecipeError(f"init_from forms a cycle: {' -> '.join([variant_name, *chain, parent])}")
+        chain.append(parent)
+        current = parent
+
+
 def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
     """The complete, checked recipe of one cell; RecipeError names whatever is wrong."""
     from models import builder_accepts
@@ -120,6 +145,11 @@ def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
     trainer = dataclasses.replace(recipe.trainer, precision=resolve_precision(recipe.trainer.precision, run.accelerator))
     recipe = dataclasses.replace(recipe, data=data, trainer=trainer,
                                  eval=dataclasses.replace(recipe.eval, window=window, base_size=base_size))
+    depth = len(init_chain(ablation, variant_name, run))
+    if depth:  # stage-wise training: each stage below the first at stage_lr_factor × the lr
+        o = recipe.optim
+        lr = float(f"{o.lr * o.stage_lr_factor ** depth:.12g}")  # 1e-06, not 1.0000000000000002e-06
+        recipe = dataclasses.replace(recipe, optim=dataclasses.replace(o, lr=lr))
     if task.name == "semantic":
         from lightning_modules.inference import check_protocol
 
@@ -240,7 +270,7 @@ def _base_card(ablation: Ablation, variant_name: str, seed: int, run: Run, cell:
         "task": task.name, "dataset": dataset_key(ablation, run), "data_source": data_source(ablation, run),
         "model": cell.model, "model_kwargs": {k: v for k, v in cell.model_kwargs.items()
                                               if k not in ("width", "pretrained")},
-        "width": r.width, "pretrained": r.pretrained,
+        "width": r.width, "pretrained": r.pretrained, "init_from": r.init_from,
         "train_split": train_split, "val_split": val_split,
         "crop_size": r.data.crop_size or r.data.image_size, "image_size": r.data.image_size,
         "num_train": r.data.num_train, "num_val": r.data.num_val,
@@ -265,6 +295,8 @@ def _base_card(ablation: Ablation, variant_name: str, seed: int, run: Run, cell:
     }
     if r.optim.train_only:  # only then: cards of earlier runs (which train everything) stay equal
         card["train_only"] = list(r.optim.train_only)
+    if r.init_from is not None:  # only then: a card stored before this field existed still matches
+        card["stage_lr_factor"] = r.optim.stage_lr_factor
     return as_json(card)
 
 

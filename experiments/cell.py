@@ -2,10 +2,12 @@
 
 ``results/<ablation>/<dataset>-<preset>/<variant>/seed<k>/`` holds ``config.json`` (the cell's
 recipe card, ``experiments/card.py``), ``checkpoints/{last,best}.ckpt``, ``logs/attempt-<n>/`` (CSV metrics of each run or
-resume; read them with ``experiments.training_log.read_training_log``) and, once the run
-finished, ``metrics.json`` and (semantic tasks) ``per_image_val.npz`` (``per_image_val_crf.npz``
-with the CRF): each validation image's per-class counts (``lightning_modules/per_image.py``), what
-``python -m experiments.compare`` resamples. A cell whose ``metrics.json`` exists is skipped; a cell with a
+resume; read them with ``experiments.training_log.read_training_log``), for a cell that starts
+from another's weights (``init_from``, ``experiments/stages.py``) ``init_from.json`` (what was
+copied from where) and, once the run finished, ``metrics.json`` and (semantic tasks)
+``per_image_val.npz`` (``per_image_val_crf.npz`` with the CRF): each validation image's per-class
+counts (``lightning_modules/per_image.py``), what ``python -m experiments.compare`` resamples.
+A cell whose ``metrics.json`` exists is skipped; a cell with a
 checkpoint but no metrics resumes from the newest valid one of ``checkpoints/last.ckpt`` (every
 ``checkpoint_every`` steps) and Lightning's SLURM ``hpc_ckpt_<n>.ckpt``, exactly
 (``experiments/checkpoints.py``). Files, checkpoints included, are written atomically (temporary
@@ -43,6 +45,8 @@ from experiments.lock import CellLock, describe
 from experiments.progress import SweepClock
 from experiments.progress import callbacks as progress_callbacks
 from experiments.recipe import as_dict
+from experiments.stages import init_from_checkpoint, is_finished, parent_checkpoint, parent_dir
+from experiments.stages import summary as init_summary
 from experiments.table import write_text_atomic
 from experiments.tasks import get_task
 from experiments.tracking import Throughput, log_predictions, make_wandb_logger
@@ -122,6 +126,13 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
     datamodule = make_datamodule(seed)  # the seed drives shuffling and augmentation
     num_classes = datamodule.num_classes
     model = build_model(cell.model, num_classes, **cell.model_kwargs)
+    init_record = None
+    if card.get("init_from"):  # stage-wise: the parent cell's final weights (same seed)
+        parent = parent_dir(run_dir, card["init_from"])
+        if not is_finished(parent):
+            raise RuntimeError(f"{run_dir} initialises from {parent}, which has not finished (no metrics.json "
+                               f"or checkpoints/last.ckpt); train {card['init_from']!r} first")
+        init_record = init_from_checkpoint(model, parent_checkpoint(run_dir, card["init_from"]))
     task = get_task(card["task"])
     module = task.build_module(model, num_classes, datamodule.class_names, recipe)
     tr = recipe.trainer
@@ -151,7 +162,9 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         strategy="ddp" if world > 1 else "auto",
         plugins=[AtomicCheckpointIO(), *([sync_plugin] if sync_bn else [])],
         precision=tr.precision, max_steps=tr.max_steps, accumulate_grad_batches=tr.accumulate,
-        val_check_interval=min(tr.val_every, tr.max_steps), check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        # Lightning counts val_check_interval in batches, val_every is in optimiser steps
+        val_check_interval=min(tr.val_every, tr.max_steps) * tr.accumulate, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
         callbacks=[last_ckpt, best_ckpt, throughput, RNGState(), sync_count,
                    *progress_callbacks(*(progress or (SweepClock([tr.max_steps]), 0)),
                                        f"{card['variant']} seed{seed}", verbose)], logger=loggers,
@@ -161,6 +174,10 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
     sync_plugin.cpu = isinstance(trainer.accelerator, CPUAccelerator)
     if trainer.is_global_zero:
         write_json_atomic(config_file, config)
+        if init_record is not None:
+            write_json_atomic(run_dir / "init_from.json", init_record)
+            print(f"[init] {run_dir}: {len(init_record['copied'])} tensors from {init_record['checkpoint']}; "
+                  f"kept their own initialisation: {', '.join(init_record['kept']) or 'none'}")
         print(f"[cell] {run_dir}: {world} process(es), global batch {global_batch} "
               f"({world} x {cell.batch_per_device} per device x {tr.accumulate} accumulation)"
               + (", SyncBatchNorm" if sync_bn else ""))
@@ -200,6 +217,7 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         "global_batch": global_batch, "world_size": world, "sync_batchnorm_layers": sync_count.layers,
         "steps": trainer.global_step, "train_time_s": round(time.time() - started, 1),
         "train_size": getattr(datamodule, "train_size", None),
+        "init_from": init_summary(init_record) if init_record is not None else None,
     }
     if wandb_logger is not None and trainer.is_global_zero:
         wandb_logger.experiment.summary[f"best_{task.monitor.replace('/', '_')}"] = float(best_ckpt.best_model_score or 0)

@@ -1,8 +1,10 @@
 """Typed recipes: everything one cell of an ablation does, and the one precedence that builds it.
 
 A :class:`Recipe` is five small dataclasses (``data``, ``optim``, ``trainer``, ``eval``) plus the
-model extras (keyword arguments for ``models.build_model``), ``width``, ``pretrained``, the
-default ``seeds`` and ``notes`` (known deviations from the paper, printed on every card).
+model extras (keyword arguments for ``models.build_model``), ``width``, ``pretrained``,
+``init_from`` (stage-wise training: start from another variant's final weights,
+``experiments/stages.py``), the default ``seeds`` and ``notes`` (known deviations from the paper,
+printed on every card).
 The dataclass defaults are the *paper preset's* generic defaults; each paper's recipe is written
 out once in ``experiments/recipes/<paper>.py`` with the source of every value.
 
@@ -32,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-AUGMENTATIONS = ("none", "flip", "deeplab", "pspnet")  # datamodules.transforms.train_transforms
+AUGMENTATIONS = ("none", "flip", "deeplab", "pspnet", "unet")  # datamodules.transforms.train_transforms
 LR_SCHEDULES = ("poly", "step", "constant")
 BN_MODES = ("trained", "frozen")
 EVAL_MODES = ("whole", "ms_flip", "sliding", "semseg")   # lightning_modules.inference
@@ -47,12 +49,12 @@ class RecipeError(ValueError):
 class Data:
     train_split: str | None = None      # None: the dataset's default (VOC train_aug, ADE20K training)
     val_split: str | None = None        # None: the dataset's default (VOC val, ADE20K validation)
-    crop_size: int | None = None        # training crop; None: whole (synthetic) images
+    crop_size: int | None = None        # training crop; None: whole images (padded to the batch's largest)
     global_batch: int = 8               # the paper's; the per-device batch is derived from it
     val_batch_size: int = 1             # per device
     scale_range: tuple[float, float] = (1.0, 1.0)
     scale_step: float | None = None     # None: continuous factors; else the grid low:step:high
-    augment: str = "flip"               # none | flip | deeplab | pspnet (datamodules.transforms)
+    augment: str = "flip"               # none | flip | deeplab | pspnet | unet (datamodules.transforms)
     num_workers: int = 8
     image_size: int | None = None       # synthetic data only: image side (None: the task's)
     num_train: int | None = None        # synthetic data only (None: the task's default)
@@ -79,6 +81,9 @@ class Optim:
     # top-level model children that are trained; every other parameter is frozen (requires_grad
     # False, BatchNorm in eval mode). () trains everything; ("score_fr",) is FCN-32s-fixed
     train_only: tuple[str, ...] = ()
+    # stage-wise training (Recipe.init_from): lr × stage_lr_factor per stage below the first
+    # (FCN Sec. 4.2: "The learning rate is decreased by a factor of 100"); the card shows the result
+    stage_lr_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,9 @@ class Recipe:
     model: Mapping[str, Any] = field(default_factory=dict)   # model extras: build_model kwargs
     width: float = 1.0
     pretrained: bool | str = True       # the timm ImageNet weights of the paper's backbone, or a path
+    # stage-wise training: the variant (same ablation, dataset, preset and seed) whose final
+    # checkpoint this cell starts from (experiments/stages.py); None: from `pretrained` alone
+    init_from: str | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     notes: tuple[str, ...] = ()         # known deviations from the paper, said on every card
 
@@ -151,7 +159,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 SECTIONS = {"data": Data, "optim": Optim, "trainer": Trainer, "eval": Eval}
-TOP_LEVEL = ("model", "width", "pretrained", "seeds", "notes")
+TOP_LEVEL = ("model", "width", "pretrained", "init_from", "seeds", "notes")
 
 
 # --------------------------------------------------------------------------- checking values
@@ -225,7 +233,7 @@ _POSITIVE = {("data", "global_batch"), ("data", "val_batch_size"), ("data", "cro
              ("trainer", "val_every"), ("trainer", "checkpoint_every"), ("trainer", "log_every"),
              ("trainer", "accumulate"), ("eval", "pad_to"), ("eval", "window"), ("eval", "stride"),
              ("eval", "output_stride"), ("eval", "checkerboard_period"), ("optim", "lr"),
-             ("eval", "base_size"), ("data", "scale_step")}
+             ("eval", "base_size"), ("data", "scale_step"), ("optim", "stage_lr_factor")}
 _NON_NEGATIVE = {("data", "num_workers"), ("optim", "momentum"), ("optim", "weight_decay"),
                  ("optim", "poly_power"), ("optim", "warmup_steps"), ("optim", "head_lr_mult"),
                  ("optim", "bias_lr_mult"), ("optim", "aux_weight"), ("optim", "lr_gamma"),
@@ -275,6 +283,8 @@ def check_top_level(key: str, value: Any) -> Any:
         return value
     if key == "pretrained":
         return _coerce("pretrained", value, bool | str)
+    if key == "init_from":
+        return _coerce("init_from", value, str | None)
     if key == "seeds":
         value = _coerce("seeds", value, tuple[int, ...])
         if not value or min(value) < 0 or len(set(value)) != len(value):

@@ -18,7 +18,9 @@ Commands: ``run`` (default) trains the selected cells, skipping finished ones an
 unfinished ones; ``collect`` builds the table from whatever cells finished (followed by the
 claims table, ``experiments/claims.py``, when the ablation declares claims); ``cells`` lists the
 unfinished cells as ``VARIANT<tab>SEED`` lines (what ``experiments/slurm/submit.sh`` turns into
-a job array). ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes; the
+a job array; ``cells --levels`` prefixes each with its stage-wise dependency level, ``LEVEL<tab>``,
+see ``experiments/stages.py``). Variants that start from another's weights (``init_from``) run
+after it; selecting one whose parent is neither selected nor finished is an error. ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes; the
 per-device batch is the paper's global batch / (N·M·accumulate).
 """
 
@@ -36,6 +38,7 @@ from experiments.distributed import global_rank
 from experiments.progress import SweepClock
 from experiments.recipe import PRECISIONS, RecipeError
 from experiments.spec import Ablation
+from experiments.stages import cell_levels, check_parents, stage_order
 from experiments.table import collect_rows, render_csv, render_markdown, write_text_atomic
 from experiments.tasks import get_task
 
@@ -63,6 +66,9 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
     p.add_argument("command", nargs="?", default="run", choices=["run", "collect", "cells"],
                    help="run the cells (default), only collect the table from finished cells, or "
                         "list the unfinished cells as 'VARIANT<tab>SEED' lines (for job arrays)")
+    p.add_argument("--levels", action="store_true",
+                   help="cells: prefix each line with its stage-wise dependency level (LEVEL<tab>VARIANT<tab>SEED; "
+                        "level k waits for its init_from parent at level k-1)")
     p.add_argument("--dry-run", action="store_true",
                    help="print each selected cell's recipe card (JSON lines, then a table) and exit")
     p.add_argument("--data", choices=sorted(task.datasets), default="synthetic")
@@ -166,7 +172,7 @@ def command_line_changes(p: argparse.ArgumentParser, args: argparse.Namespace) -
     for item in args.sets:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
-        if not sep or (not dot and section not in ("width", "pretrained", "seeds")):
+        if not sep or (not dot and section not in ("width", "pretrained", "init_from", "seeds")):
             p.error(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=0.001")
         put(section if dot else None, name if dot else section, parse_value(value))
     return changes
@@ -279,8 +285,13 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> tuple[argparse.Nam
               changes=command_line_changes(p, args), synthetic_task=args.synthetic_task)
     try:  # every cell's recipe and card is checked before anything runs or is written
         args.cells = {name: resolve(ablation, name, run) for name in args.names}
+        args.names = stage_order(args.names, lambda n: args.cells[n].recipe.init_from)  # parents first
+        args.cells = {name: args.cells[name] for name in args.names}
         first = next(iter(args.cells.values()))
         args.seed_list = [args.seed] if args.seed is not None else list(args.seeds or first.recipe.seeds)
+        if args.command in ("run", "cells") and not args.dry_run:
+            check_parents(args.names, args.seed_list, lambda n: args.cells[n].recipe.init_from,
+                          args.out / ablation.name / dataset_key(ablation, run))
         if args.command == "run" or args.dry_run:
             args.cards = {name: recipe_card(ablation, name, args.seed_list[0], run, cell)
                           for name, cell in args.cells.items()}
@@ -309,8 +320,10 @@ def needed_datasets(ablation: Ablation, args: argparse.Namespace, run: Run) -> l
     if run.data == "ade20k":
         return ["ade20k"]
     names = ["voc2012"]
-    if ablation.task == "semantic" and any(c.recipe.data.train_split in (None, "train_aug")
-                                           for c in args.cells.values()):
+    if ablation.task == "semantic" and any(c.recipe.data.train_split == "sbd_train" for c in args.cells.values()):
+        names.append("sbd")  # FCN's split: SBD's own train.txt, .mat masks
+    elif ablation.task == "semantic" and any(c.recipe.data.train_split in (None, "train_aug")
+                                             for c in args.cells.values()):
         aug = Path(run.data_root) / "SegmentationClassAug"
         names.append("voc_aug_png" if aug.is_dir() and not (Path(run.data_root) / "benchmark_RELEASE").is_dir()
                      else "sbd")
@@ -373,9 +386,11 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
         for name in names:
             if "\t" in name or "\n" in name:
                 raise SystemExit(f"variant name {name!r} contains a tab or newline; job arrays cannot list it")
-            for seed in seeds:
-                if not (out_dir / name / f"seed{seed}" / "metrics.json").exists():
-                    print(f"{name}\t{seed}")  # names may contain spaces ("B1236 AVE")
+        levels = cell_levels(names, seeds, lambda n: args.cells[n].recipe.init_from,
+                             lambda n, s: (out_dir / n / f"seed{s}" / "metrics.json").exists())
+        for level, name, seed in sorted(levels, key=lambda c: c[0]):  # stable: parents first
+            # names may contain spaces ("B1236 AVE")
+            print(f"{level}\t{name}\t{seed}" if args.levels else f"{name}\t{seed}")
         return []
     if args.command == "run":
         cards = args.cards

@@ -25,12 +25,15 @@ class Variant:
 
     ``kwargs`` are model keyword arguments named as in the paper; ``recipe`` holds the
     variant's other settings as recipe overrides (``{"optim": {"border_weight": True}}``,
-    ``{"eval": {"output_stride": 8}}``, ``{"pretrained": False}``). Both sit above the
-    ablation's recipe and below the command line (``experiments/recipe.py``).
+    ``{"eval": {"output_stride": 8}}``, ``{"pretrained": False}``, ``{"init_from": "FCN-32s"}``).
+    Both sit above the ablation's recipe and below the command line (``experiments/recipe.py``).
 
     ``smoke`` holds the variant's changes on the smoke preset only, above ``recipe``: a row whose
     recipe *is* the comparison (DeepLab v2 Table 2's batch 30 vs 10, 6K vs 20K iterations)
-    keeps its ratios at the smoke preset's size instead of running the paper's steps on a CPU."""
+    keeps its ratios at the smoke preset's size instead of running the paper's steps on a CPU.
+
+    ``not_comparable``: why the paper's number cannot be reached by this recipe (e.g. it needs
+    MS-COCO pre-training); the table then prints the paper's number with this reason and no Δ."""
 
     model: str                                  # a name from models.available_models()
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -39,6 +42,7 @@ class Variant:
     smoke: dict[str, Any] = field(default_factory=dict)
     # the paper's values of the recipe items this variant changes (experiments.recipe.Source)
     sources: dict[str, Any] = field(default_factory=dict)
+    not_comparable: str | None = None
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,10 @@ def collect_rows(ablation: Ablation, variants: list[str], seeds: list[int], data
             "seeds": sorted(c["seed"] for c in have), "missing_seeds": missing,
             "paper_value": lead.value if lead else None,
             "paper_ref": lead.source if lead else "",
-            "delta": (mean * scale - lead.value) if (lead and mean is not None) else None,
+            # a paper number this recipe cannot reach (e.g. COCO pre-training): shown, no Δ
+            "delta": (mean * scale - lead.value) if (lead and mean is not None and not variant.not_comparable)
+            else None,
+            "not_comparable": variant.not_comparable if lead else None,
             "metrics": metrics, "paper": {m: p.value for m, p in paper.items()},
             "params": first.get("params"), "gflops": first.get("gflops"),
             "eval_size": first.get("eval_size"),
@@ -125,6 +128,8 @@ def render_markdown(title: str, rows: list[dict], notes: list[str]) -> str:
             if r["missing_seeds"]:
                 main += f", missing seeds {r['missing_seeds']}"
         paper = f"{r['paper_value']:.2f} ({r['paper_ref']})" if r["paper_value"] is not None else "—"
+        if r.get("not_comparable"):
+            paper += f" — not comparable: {r['not_comparable']}"
         delta = f"{r['delta']:+.2f}" if r["delta"] is not None else "—"
         cols = ""
         for key in secondary:
@@ -147,7 +152,7 @@ def render_csv(rows: list[dict]) -> str:
     secondary = _secondary(rows)
     buf = io.StringIO()
     fields = ["variant", f"{primary}_mean", f"{primary}_std", "n", "seeds", "missing_seeds",
-              f"paper_{primary}", "paper_ref", "delta", *secondary, "params", "gflops", "eval_size",
+              f"paper_{primary}", "paper_ref", "delta", "not_comparable", *secondary, "params", "gflops", "eval_size",
               "train_images_per_s", "eval_mode", "global_batch", "steps"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()

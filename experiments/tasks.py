@@ -121,7 +121,8 @@ def _synthetic_instance_classes(task: str) -> int:
 
 
 SYNTHETIC = DatasetKind("synthetic", _synthetic, _synthetic_classes, "train", "val", needs_root=False)
-VOC = DatasetKind("voc", _voc, lambda task: 21, "train_aug", "val", ("train", "val", "trainval", "train_aug"))
+VOC = DatasetKind("voc", _voc, lambda task: 21, "train_aug", "val",
+                  ("train", "val", "trainval", "train_aug", "sbd_train", "seg11valid"))
 ADE20K = DatasetKind("ade20k", _ade20k, lambda task: 150, "training", "validation")
 SYNTHETIC_INSTANCES = DatasetKind("synthetic", _instances("synthetic"), _synthetic_instance_classes,
                                   "train", "val", needs_root=False)

@@ -5,7 +5,10 @@ optimiser, the learning-rate schedule and the logging (the lightning-hydra-templ
 
 - Loss: cross-entropy with ``ignore_index=255`` on ``"out"`` plus ``aux_weight`` × the same on
   ``"aux"`` (PSPNet Sec. 3.4 / Table 2: 0.4), optionally weighted per pixel by U-Net's border
-  weight map (``border_weight``, Ronneberger et al. Eq. 1–2).
+  weight map (``border_weight``, Ronneberger et al. Eq. 1–2). A model trained with multi-scale
+  inputs (``models/msc.py``) returns ``"msc"`` in training: then the loss is the sum over those
+  score maps (each scale's and the fused one), each against the labels shrunk to its size by
+  :func:`resize_labels`, as kazuto1011/deeplab-pytorch ``main.py``.
 - Optimiser and schedule (``lightning_modules.optim``): SGD with momentum (every paper here;
   ``"adamw"`` for the CPU smoke preset), head/bias learning-rate multipliers, no weight decay
   on biases and norms; ``lr_schedule`` "poly" (DeepLab, PSPNet), "step" or "constant" (FCN),
@@ -32,6 +35,7 @@ optimiser, the learning-rate schedule and the logging (the lightning-hydra-templ
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import lightning as L
@@ -58,6 +62,35 @@ def segmentation_loss(
     if pixel_weight is not None:
         losses = losses * pixel_weight
     return losses.sum() / valid.sum().clamp(min=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _pil_nearest_index(n_in: int, n_out: int) -> tuple[int, ...]:
+    """Source index of each output pixel of PIL's NEAREST resize (Pillow ``ImagingScaleAffine``:
+    the coordinate starts at half a step and grows by ``n_in / n_out`` in double precision,
+    truncated; reproduced addition by addition, so exact ties fall where PIL's do)."""
+    step, x, out = n_in / n_out, 0.5 * n_in / n_out, []
+    for _ in range(n_out):
+        out.append(min(int(x), n_in - 1))
+        x += step
+    return tuple(out)
+
+
+def resize_labels(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """N×H×W labels resized nearest-neighbour to ``size`` exactly as kazuto1011/deeplab-pytorch
+    ``main.py`` ``resize_labels`` does (PIL ``Image.resize(..., NEAREST)``: each output pixel
+    takes the label under its centre; torch's ``nearest`` samples the top-left corner instead)."""
+    h, w = (int(v) for v in size)
+    if tuple(masks.shape[-2:]) == (h, w):
+        return masks
+    rows = torch.tensor(_pil_nearest_index(masks.shape[-2], h), device=masks.device)
+    cols = torch.tensor(_pil_nearest_index(masks.shape[-1], w), device=masks.device)
+    return masks.index_select(-2, rows).index_select(-1, cols)
+
+
+def msc_loss(score_maps: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Sum of the cross-entropies of every score map against the labels shrunk to its size."""
+    return sum(segmentation_loss(m, resize_labels(target, m.shape[-2:])) for m in score_maps)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -147,7 +180,12 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         out = self(images)
-        loss = segmentation_loss(out["out"], masks, self.pixel_weights(masks))
+        if "msc" in out:  # multi-scale inputs: every scale and the fusion (models/msc.py)
+            if self.hparams.border_weight:
+                raise ValueError("border_weight (U-Net's weight map) is not defined for multi-scale score maps")
+            loss = msc_loss(out["msc"], masks)
+        else:
+            loss = segmentation_loss(out["out"], masks, self.pixel_weights(masks))
         self.log("train/loss_main", loss.detach(), prog_bar=False)
         if self.hparams.aux_weight > 0 and "aux" in out:
             aux = segmentation_loss(out["aux"], masks)

@@ -30,7 +30,13 @@ from-scratch CPU smoke preset, where plain VGG16 does not train (see ``models/ba
 Both return logits bilinearly upsampled to the input (``F.interpolate``, ``align_corners=False``;
 the Caffe ``Interp`` layer aligns corners — at stride 8 the difference is sub-pixel) and
 declare ``output_stride = 8``. Classifier layers (fc8, ASPP convs) are initialised N(0, 0.01²),
-bias 0, as in the prototxts. MSC (multi-scale inputs) and the CRF are not part of the model.
+bias 0, as in the prototxts. The CRF is not part of the model.
+
+``msc_scales`` (DeepLabV2): multi-scale inputs with max fusion (v2 Sec. 4.1, Table 4 "MSC";
+:mod:`models.msc`, as kazuto1011/deeplab-pytorch): ``(1.0, 0.75, 0.5)`` is the paper's; the
+default ``(1.0,)`` is a single scale (Table 3 and the first row of Table 4). With several
+scales, training mode also returns ``"msc"`` (every scale's stride-8 score map and the fused
+one) for the loss; ``"out"`` is always the fused map upsampled to the input.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from models.backbones.resnet import dilated_resnet
 from models.backbones.vgg import timm_name as vgg16_timm_name
 from models.backbones.vgg import VGG16, ConvFC
 from models.blocks import scale_channels
+from models.msc import check_scales, msc_forward
 from models.pretrained import PretrainedArg, load_timm_state_dict
 
 ASPP_S = (2, 4, 8, 12)
@@ -140,9 +147,11 @@ class DeepLabV2(nn.Module):
         fc_channels: int = 1024,
         dropout: float = 0.5,
         batch_norm: bool = False,
+        msc_scales: tuple[float, ...] = (1.0,),
     ) -> None:
         super().__init__()
         atrous_rates = tuple(atrous_rates)
+        self.msc_scales = check_scales(msc_scales)
         if batch_norm and backbone != "vgg16":
             raise ValueError(f"batch_norm=True selects VGG16-BN; {backbone!r} always has BatchNorm")
         if not atrous_rates or any(int(r) != r or r < 1 for r in atrous_rates):
@@ -186,7 +195,12 @@ class DeepLabV2(nn.Module):
         """The stride-8 map the ASPP branches share (pool5 for VGG16, layer4 for ResNet)."""
         return self.backbone(x)[self.feature_stage]
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The stride-8 class scores: the sum of the ASPP branches, before upsampling."""
         feats = self.features(x)
-        logits = sum(branch(feats) for branch in self.branches)
-        return {"out": _upsample_to(logits, x)}
+        return sum(branch(feats) for branch in self.branches)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if len(self.msc_scales) > 1:
+            return msc_forward(self.scores, x, self.msc_scales, self.training)
+        return {"out": _upsample_to(self.scores(x), x)}

@@ -38,6 +38,11 @@ Knobs:
   ``i·s + (s-1)/2`` in input pixels) exactly on the fine cell with the same centre; both maps
   start at pixel 0, so aligning is cropping the upsampled map's bottom/right excess
   (``2·ceil(H/32) ≥ ceil(H/16)``, ``8·ceil(H/8) ≥ H``): no offsets, no interpolation.
+- ``skip_scales`` — a fixed factor per skip applied to the pooled features before their 1×1
+  score layer (the reference ``voc-fcn8s-atonce/net.py``: ``scale_pool4`` 0.01 and
+  ``scale_pool3`` 0.0001, Caffe ``Scale`` layers with ``lr_mult: 0``, "for compatibility" with
+  the stage-wise nets, so that the skips are trained at once from ImageNet weights without
+  swamping ``score_fr``). ``None`` (default, the paper's nets): no scaling.
 - ``batch_norm`` — VGG16-BN instead of VGG16 (not in the paper; for from-scratch CPU smoke runs,
   see ``models/backbones/vgg.py``).
 
@@ -117,6 +122,7 @@ class FCN(nn.Module):
         paper_padding: bool = False,
         dropout: float = 0.5,
         batch_norm: bool = False,
+        skip_scales: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
         if backbone != "vgg16":
@@ -125,6 +131,11 @@ class FCN(nn.Module):
         if skips != SKIP_ORDER[:len(skips)]:
             raise ValueError(f"skips must be (), ('pool4',) or ('pool4', 'pool3'), got {skips}")
         self.skips = skips
+        if skip_scales is not None:
+            skip_scales = tuple(float(f) for f in skip_scales)
+            if len(skip_scales) != len(skips) or min(skip_scales, default=1.0) <= 0:
+                raise ValueError(f"skip_scales must give one positive factor per skip {skips}, got {skip_scales}")
+        self.skip_scales = skip_scales or (1.0,) * len(skips)
         self.upsampling = resolve_upsampling(upsampling, learnable_upsampling)
         self.paper_padding = paper_padding
         self.backbone = VGG16(
@@ -159,9 +170,9 @@ class FCN(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)
         score = self.score_fr(feats["fc7"])
-        for name, upsample in zip(self.skips, self.upscore_skips, strict=True):
+        for name, upsample, factor in zip(self.skips, self.upscore_skips, self.skip_scales, strict=True):
             score = upsample(score)
-            skip = self.score_skips[name](feats[name])
+            skip = self.score_skips[name](feats[name] * factor if factor != 1.0 else feats[name])
             if self.paper_padding:
                 skip = _crop(skip, CAFFE_SKIP_OFFSETS[name], score.shape[-2:])
             else:

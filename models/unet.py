@@ -25,8 +25,11 @@ Knobs:
 - ``pretrained``: accepted for the common model signature; only ``False`` (the paper trains
   from scratch, there is no ImageNet encoder, hence ``backbone = None``).
 - ``batch_norm``: BN after each 3×3 conv (not in the paper). ``dropout``: the paper's "drop-out
-  layers at the end of the contracting path" (Sec. 3.1): after the bottleneck; the paper gives
-  no rate, so the default 0 leaves it off.
+  layers at the end of the contracting path" (Sec. 3.1): one on the output of the deepest
+  encoder level (which both the pooling and the skip connection read) and one after the
+  bottleneck, the layout of zhixuhao/unet's Keras port (``drop4``, ``drop5``). The paper gives
+  no rate; the default 0.5 is that port's (and Caffe's default ``dropout_ratio``); 0 removes
+  both. Drop-out is active in training mode only (``model.eval()`` for inference).
 
 ``forward(x)`` returns ``{"out": logits at x's H×W}`` for any size. In ``"valid"`` mode it is the
 single-tile overlap-tile strategy: the input is mirror-padded (Fig. 2) by the context margin so
@@ -187,7 +190,7 @@ class UNet(nn.Module):
         upsampling: Literal["transposed", "resize_conv", "bilinear"] = "transposed",
         batch_norm: bool = False,
         width: float = 1.0,
-        dropout: float = 0.0,
+        dropout: float = 0.5,
         pretrained: bool = False,
     ) -> None:
         super().__init__()
@@ -199,6 +202,8 @@ class UNet(nn.Module):
         _up_loss(upsampling)
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.depth, self.padding, self.upsampling = depth, padding, upsampling
         valid, pad = padding == "valid", 0 if padding == "valid" else 1
         chans = [scale_channels(base_channels * 2**k, width) for k in range(depth + 1)]
@@ -208,6 +213,7 @@ class UNet(nn.Module):
             self.encoder.append(DoubleConv(c_in, c, pad, batch_norm))
             c_in = c
         self.pool = nn.MaxPool2d(2)
+        self.encoder_dropout = nn.Dropout(dropout)  # the deepest level's output (Sec. 3.1)
         self.bottleneck = nn.Sequential(
             DoubleConv(chans[-2], chans[-1], pad, batch_norm), nn.Dropout(dropout)
         )
@@ -274,8 +280,10 @@ class UNet(nn.Module):
     # --- forward ----------------------------------------------------------------------------
     def _unet(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
-        for level in self.encoder:
+        for k, level in enumerate(self.encoder):
             x = level(x)
+            if k == len(self.encoder) - 1:
+                x = self.encoder_dropout(x)
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)

@@ -40,7 +40,9 @@ def check_segmentation_model(
         f"backbone must be the pretrained nn.Module or None, got {type(model.backbone)}")
     if "aux" in out:
         assert out["aux"].shape == (n, num_classes, h, w), f"'aux' is {tuple(out['aux'].shape)}"
-    loss = out["out"].float().logsumexp(1).mean() + sum(v.float().mean() for k, v in out.items() if k != "out")
+    # extra outputs: "aux" (a tensor) or "msc" (a list of score maps, models/msc.py)
+    extras = [t for k, v in out.items() if k != "out" for t in (v if isinstance(v, list) else [v])]
+    loss = out["out"].float().logsumexp(1).mean() + sum(t.float().mean() for t in extras)
     loss.backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     if "aux" not in out:

@@ -83,7 +83,9 @@ def _export(ablation, root: Path) -> tuple[str, list[str]]:
     layout = "ade20k" if ablation.paper_data == "ade20k" else "voc"
     size = SYNTHETIC_TASKS[ablation.synthetic_task].min_image_size
     export_synthetic(ablation.synthetic_task, root, layout=layout, num_train=2, num_val=2, image_size=size)
-    flags = ["--set", f"data.crop_size={size}"] + (["--set", "data.train_split=train"] if layout == "voc" else [])
+    # the export has VOC's own split lists (not SBD's train.txt, not the seg11valid ids)
+    flags = ["--set", f"data.crop_size={size}"] + (["--set", "data.train_split=train", "--set", "data.val_split=val"]
+                                                   if layout == "voc" else [])
     if ablation.paper.eval.pad_to:
         flags += ["--set", f"eval.pad_to={size}"]
     if ablation.paper.eval.base_size:  # hszhao/semseg's protocol at the synthetic images' size

@@ -19,7 +19,7 @@ CARD_FIELDS = (
     "ablation variant seed preset dataset model model_kwargs train_split val_split crop_size "
     "batch_size_per_device world_size accumulate global_batch max_steps optimizer lr momentum "
     "weight_decay lr_schedule poly_power warmup_steps head_lr_mult bias_lr_mult head_layers bn "
-    "aux_weight augment pretrained precision eval"
+    "aux_weight augment pretrained init_from precision eval"
 ).split()
 EVAL_FIELDS = ("mode", "pad_to", "scales", "flip", "window", "stride")
 
@@ -153,12 +153,24 @@ def test_dry_run_of_every_script_and_preset(script, tmp_path, capsys):
                     assert card["preset"] == "paper" and card["global_batch"] == r.data.global_batch
                     for key in ("lr", "momentum", "weight_decay", "lr_schedule", "poly_power",
                                 "head_lr_mult", "bias_lr_mult", "aux_weight", "optimizer"):
-                        assert card[key] == getattr(r.optim, key), key
+                        want = getattr(r.optim, key)
+                        if key == "lr":
+                            want = pytest.approx(want * stage_lr(chosen, card["variant"], r), rel=1e-9)
+                        assert card[key] == want, key
+                    assert card["init_from"] == r.init_from
                     assert card["max_steps"] == r.trainer.max_steps and card["crop_size"] == r.data.crop_size
                     assert card["augment"]["name"] == r.data.augment and card["pretrained"] == r.pretrained
                     assert card["eval"]["mode"] == r.eval.mode and card["eval"]["pad_to"] == r.eval.pad_to
                     assert card["notes"] == list(r.notes)
                     assert card["model_kwargs"] == json.loads(json.dumps(dict(r.model)))
+
+
+def stage_lr(ablation, name: str, recipe) -> float:
+    """Stage-wise variants train at stage_lr_factor per stage below the first (FCN Sec. 4.2)."""
+    depth, current = 0, name
+    while (parent := ablation.variants[current].recipe.get("init_from")) is not None:
+        depth, current = depth + 1, parent
+    return recipe.optim.stage_lr_factor ** depth
 
 
 def test_deeplabv3_smoke_says_it_swaps_the_backbone(capsys):

@@ -56,7 +56,8 @@ def test_padding_fills_mask_with_255_and_image_with_mean():
     torch.manual_seed(0)
     image, mask = _sample(10, 12)
     mask.fill_(5)  # no 255 in the input: any 255 in the output is padding
-    for augment in AUGMENTATIONS:
+    # "unet" rotates every image (its fill is 255 too, beyond the padding): tests/test_unet_recipe.py
+    for augment in (a for a in AUGMENTATIONS if a != "unet"):
         x, y = train_transforms(40, (1.0, 1.0), augment)(image, mask)
         pad = y == IGNORE_INDEX
         assert int(pad.sum()) == 40 * 40 - 10 * 12, augment

@@ -1,6 +1,8 @@
 #!/bin/bash
 # Submit one ablation to SLURM: a job array with one task per unfinished (variant, seed) cell
 # (array.sbatch), then one job that builds the table once the array has ended (collect.sbatch).
+# Stage-wise variants (init_from, experiments/stages.py: e.g. FCN-16s starts from FCN-32s) get
+# one array per dependency level, each submitted with --dependency=afterok on the previous one.
 #
 #   experiments/slurm/submit.sh [--dry-run] SCRIPT [RUNNER ARGS...]
 #   GPUS_PER_NODE=4 NODES=1 experiments/slurm/submit.sh experiments/aspp_ablation.py \
@@ -44,15 +46,17 @@ case "$JOB_NAME" in
 esac
 
 mkdir -p "$LOG_DIR"
-CELLS_FILE="$(cd "$LOG_DIR" && pwd)/$NAME-$(date +%Y%m%d-%H%M%S)-cells.txt"
+STEM="$(cd "$LOG_DIR" && pwd)/$NAME-$(date +%Y%m%d-%H%M%S)"
 SELECT=()
 if [[ -n "${VARIANTS:-}" ]]; then SELECT+=(--variants $VARIANTS); fi
 if [[ -n "${SEEDS:-}" ]]; then SELECT+=(--seeds $SEEDS); fi
-(cd "$REPO" && "$PYTHON" "$SCRIPT" cells $RUNNER_ARGS ${SELECT[@]+"${SELECT[@]}"}) > "$CELLS_FILE"
-N="$(grep -c . "$CELLS_FILE" || true)"
-echo "# $N unfinished cell(s) of $SCRIPT listed in $CELLS_FILE"
+# "LEVEL<tab>VARIANT<tab>SEED" lines, parents first; level k waits for its parent at level k-1
+(cd "$REPO" && "$PYTHON" "$SCRIPT" cells --levels $RUNNER_ARGS ${SELECT[@]+"${SELECT[@]}"}) > "$STEM-levels.txt"
+N="$(grep -c . "$STEM-levels.txt" || true)"
+LEVELS="$(cut -f1 "$STEM-levels.txt" | sort -n -u)"
+echo "# $N unfinished cell(s) of $SCRIPT listed in $STEM-levels.txt"
 
-export CELLS_FILE SCRIPT RUNNER_ARGS PYTHON REPO SEEDS="${SEEDS:-}"
+export SCRIPT RUNNER_ARGS PYTHON REPO SEEDS="${SEEDS:-}"
 COMMON=()
 if [[ -n "${PARTITION:-}" ]]; then COMMON+=(--partition="$PARTITION"); fi
 if [[ -n "${ACCOUNT:-}" ]]; then COMMON+=(--account="$ACCOUNT"); fi
@@ -60,20 +64,36 @@ if [[ -n "${ACCOUNT:-}" ]]; then COMMON+=(--account="$ACCOUNT"); fi
 submit() {  # prints the command; runs it unless --dry-run; echoes the job id
     echo "sbatch $*" >&2
     if [[ -n "$DRY_RUN" ]]; then
-        echo "DRYRUN_JOB_ID"
+        echo "DRYRUN_JOB_ID${LEVEL:-}"
     else
         sbatch --parsable "$@" | cut -d';' -f1
     fi
 }
 
-DEPENDENCY=()
-if [[ "$N" -gt 0 ]]; then
-    ARRAY="0-$((N - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}"
-    ARRAY_ID="$(submit --job-name="$JOB_NAME" ${COMMON[@]+"${COMMON[@]}"} --array="$ARRAY" --nodes="$NODES" \
+# One array per level: level 0 (no unfinished parent) in $STEM-cells.txt, level k in
+# $STEM-cells-level<k>.txt ("VARIANT<tab>SEED" lines, what array.sbatch reads); level k starts
+# when every task of level k-1 succeeded (afterok; --kill-on-invalid-dep cancels it otherwise).
+PREVIOUS=""
+ALL_ARRAYS=""
+for LEVEL in $LEVELS; do
+    CELLS_FILE="$STEM-cells.txt"
+    if [[ "$LEVEL" -gt 0 ]]; then CELLS_FILE="$STEM-cells-level$LEVEL.txt"; fi
+    awk -F'\t' -v level="$LEVEL" '$1 == level { print $2 "\t" $3 }' "$STEM-levels.txt" > "$CELLS_FILE"
+    export CELLS_FILE
+    COUNT="$(grep -c . "$CELLS_FILE")"
+    AFTER=()
+    if [[ -n "$PREVIOUS" ]]; then AFTER=(--dependency="afterok:$PREVIOUS" --kill-on-invalid-dep=yes); fi
+    echo "# level $LEVEL: $COUNT cell(s) in $CELLS_FILE${PREVIOUS:+ (after job $PREVIOUS)}"
+    ARRAY="0-$((COUNT - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}"
+    PREVIOUS="$(submit --job-name="$JOB_NAME" ${COMMON[@]+"${COMMON[@]}"} --array="$ARRAY" --nodes="$NODES" \
         --ntasks-per-node="$GPUS_PER_NODE" --gpus-per-node="$GPUS_PER_NODE" \
-        --cpus-per-task="$CPUS_PER_TASK" --time="$TIME" \
-        --output="$LOG_DIR/%x-%A_%a.out" "$HERE/array.sbatch")"
-    DEPENDENCY=(--dependency="afterany:$ARRAY_ID")
-fi
+        --cpus-per-task="$CPUS_PER_TASK" --time="$TIME" ${AFTER[@]+"${AFTER[@]}"} \
+        --export="ALL,CELLS_FILE=$CELLS_FILE" --output="$LOG_DIR/%x-%A_%a.out" "$HERE/array.sbatch")"
+    ALL_ARRAYS="$ALL_ARRAYS:$PREVIOUS"
+done
+unset LEVEL
+
+DEPENDENCY=()
+if [[ -n "$ALL_ARRAYS" ]]; then DEPENDENCY=(--dependency="afterany$ALL_ARRAYS"); fi
 submit --job-name="$JOB_NAME-collect" ${COMMON[@]+"${COMMON[@]}"} ${DEPENDENCY[@]+"${DEPENDENCY[@]}"} \
     --output="$LOG_DIR/%x-%j.out" "$HERE/collect.sbatch" > /dev/null
