@@ -38,17 +38,21 @@ MODEL_ROWS = [
     ("deeplab_v2", {"backbone": "vgg16", "atrous_rates": (2, 4, 8, 12)}, "DeepLab v2 (TPAMI'17)",
      "ASPP-S `atrous_rates`=(2,4,8,12), VGG16"),
     ("deeplab_v2", {"backbone": "vgg16"}, "DeepLab v2", "ASPP-L (6,12,18,24), VGG16"),
-    ("deeplab_v2", {"backbone": "resnet101"}, "DeepLab v2", "ASPP-L, ResNet-101"),
+    ("deeplab_v2", {"backbone": "resnet101"}, "DeepLab v2", "ASPP-L, ResNet-101; `msc_scales`=(1, 0.75, 0.5) "
+     "for multi-scale-input training (Table 4)"),
     ("deeplab_v3", {}, "DeepLab v3 (2017)", "`output_stride`=16 (`set_output_stride(8)` to evaluate at 8), "
      "`atrous_rates`, `multi_grid`=(1,2,4), `image_pooling`"),
-    ("deeplab_v3plus", {}, "DeepLab v3+ (ECCV'18)", "Xception-65, `low_level_channels`=48, "
-     "`decoder_convs`=2, `separable`"),
+    ("deeplab_v3_cascade", {}, "DeepLab v3 Sec. 3.1–3.2 (Tables 1–3)", "ResNet-50 + cascaded copies of block4: "
+     "`num_blocks`=7 (4–7), `output_stride`=16 (8–256), `multi_grid`=(1,1,1)"),
+    ("deeplab_v3plus", {}, "DeepLab v3+ (ECCV'18)", "Xception-65 (`set_output_stride(8)` too), "
+     "`low_level_channels`=48, `decoder_convs`=2, `decoder_channels`=256, `decoder_kernel_size`=3, "
+     "`low_level_features`=(\"conv2\",) (or (\"conv3\", \"conv2\")), `separable`"),
     ("deeplab_v3plus", {"backbone": "resnet101"}, "DeepLab v3+", "ResNet-101 backbone"),
     ("pspnet", {}, "PSPNet (CVPR'17)", "ResNet-50, `bins`=(1,2,3,6), `pooling`, `reduction`, aux head"),
     ("unet", {}, "U-Net (MICCAI'15)", "`padding`='valid' (or same), `upsampling`='transposed' (or resize_conv, "
-     "bilinear), `base_channels`=64"),
-    ("mask_rcnn", {}, "Mask R-CNN (ICCV'17)", "ResNet-50-FPN, `roi_layer`='RoIAlign' (or RoIPool), "
-     "`sampling_ratio`=2, `aligned`=False"),
+     "bilinear), `base_channels`=64, `dropout`=0.5"),
+    ("mask_rcnn", {}, "Mask R-CNN (ICCV'17)", "ResNet-50-FPN, `roi_layer`='RoIAlign' (or RoIPool, RoIWarp), "
+     "`roi_aggregation` (None: the layer's own; 'max'/'avg'), `sampling_ratio`=2, `aligned`=False"),
 ]
 
 

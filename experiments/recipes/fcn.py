@@ -59,7 +59,9 @@ SOURCES = {
     "global_batch": Source(20, "Sec. 4.3 'minibatch size of 20 images'"),
     "max_steps": Source(None, "not given for batch 20"),
     "optimizer": Source("sgd", "Sec. 4.3 'SGD with momentum'"),
-    "lr": Source(1e-4, "Sec. 4.3 'fixed learning rates of ... 10^-4 ... for FCN-VGG16'"),
+    "lr": Source("1e-4, ÷100 per stage", "Sec. 4.3 'fixed learning rates of ... 10^-4 ... for FCN-VGG16'; "
+                 "Sec. 4.2 'The learning rate is decreased by a factor of 100' for each finer stage",
+                 lambda lr: lr in (1e-4, 1e-6, 1e-8)),
     "momentum": Source(0.9, "Sec. 4.3"),
     "weight_decay": Source(5e-4, "Sec. 4.3 'weight decay of 5^-4 or 2^-4'"),
     "lr_schedule": Source("constant", "Sec. 4.3 (fixed learning rate)"),
