@@ -49,6 +49,7 @@ ABLATION = Ablation(
     },
     paper_data="voc",
     paper=deeplab.V1,
+    sources=deeplab.V1_SOURCES,
 )
 
 if __name__ == "__main__":

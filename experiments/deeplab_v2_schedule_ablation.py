@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.recipe import Source  # noqa: E402
 from experiments.recipes import deeplab  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Variant  # noqa: E402
@@ -42,8 +43,11 @@ def row(policy: str, batch: int, iterations: int, key: str) -> Variant:
         return out
 
     smoke_steps = round(iterations * SMOKE_SCALE)
+    table = "v2 Table 2, this row"
+    sources = {"global_batch": Source(batch, table), "max_steps": Source(iterations, table),
+               "lr_schedule": Source(policy, f"{table} ('step': x0.1 every 2,000 iterations, v1 Sec. 4.1)")}
     return Variant("deeplab_largefov", {}, f"deeplab_v2.table2.{key}", recipe=recipe(iterations, batch, 2000),
-                   smoke=recipe(smoke_steps, batch * 8 // 10, round(2000 * SMOKE_SCALE)))
+                   smoke=recipe(smoke_steps, batch * 8 // 10, round(2000 * SMOKE_SCALE)), sources=sources)
 
 
 ABLATION = Ablation(
@@ -59,6 +63,7 @@ ABLATION = Ablation(
     },
     paper_data="voc",
     paper=deeplab.PAPER,
+    sources=deeplab.SOURCES,
 )
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.recipe import Source  # noqa: E402
 from experiments.recipes import deeplab_v3  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Claim, Variant  # noqa: E402
@@ -51,7 +52,8 @@ ABLATION = Ablation(
         "+ image pooling, eval OS 8": Variant("deeplab_v3", BEST, "deeplab_v3.table6.eval_os8",
                                               recipe={"eval": {"output_stride": 8}}),
         "+ image pooling, crop 321": Variant("deeplab_v3", BEST, "deeplab_v3.table6.crop321",
-                                             recipe={"data": {"crop_size": 321}}, smoke={"data": {"crop_size": 100}}),
+                                             recipe={"data": {"crop_size": 321}}, smoke={"data": {"crop_size": 100}},
+                                             sources={"crop_size": Source(321, "v3 Sec. 4.3: the crop-321 row")}),
     },
     paper_data="voc",
     paper=deeplab_v3.PAPER,          # ResNet-101, as Tables 3, 5 and 6

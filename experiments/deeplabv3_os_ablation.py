@@ -59,6 +59,7 @@ ABLATION = Ablation(
     paper=deeplab_v3.PAPER,
     options={"table": Option(("1", "2", "3"), "1", variants,
                              "1: output stride 8-256 (R-50, block7); 2: block4-7 (R-50/101); 3: multi-grid (R-101)")},
+    sources=deeplab_v3.SOURCES,
 )
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ ABLATION = Ablation(
     paper=deeplab_v3.PAPER,   # v3+ Sec. 4: trained as v3 (crop 513, batch 16, lr 0.007, 30K at OS 16)
     options={"table": Option(("1", "2"), "1", variants,
                              "1: low-level projection channels; 2: decoder convs and low-level features")},
+    sources=deeplab_v3.SOURCES,
 )
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.recipe import Source  # noqa: E402
 from experiments.recipes import pspnet  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Option, Variant  # noqa: E402
@@ -39,10 +40,12 @@ def variants(table: str) -> dict[str, Variant]:
     if table == "2":
         base = {"backbone": "resnet50", "bins": (), "reduction": False}  # Table 1's baseline
         rows = {"no aux": Variant("pspnet", {**base, "aux": False}, "pspnet.table2.none",
-                                  recipe={"optim": {"aux_weight": 0.0}})}
+                                  recipe={"optim": {"aux_weight": 0.0}},
+                                  sources={"aux_weight": Source(0.0, "Table 2, this row")})}
         for alpha in (0.3, 0.4, 0.6, 0.9):
             rows[f"aux {alpha}"] = Variant("pspnet", base, f"pspnet.table2.aux0{round(alpha * 10)}",
-                                           recipe={"optim": {"aux_weight": alpha}})
+                                           recipe={"optim": {"aux_weight": alpha}},
+                                           sources={"aux_weight": Source(alpha, "Table 2, this row")})
         return rows
     full = {"bins": (1, 2, 3, 6), "pooling": "avg", "reduction": True}
     rows = {}
@@ -63,6 +66,7 @@ ABLATION = Ablation(
     paper=pspnet.PAPER,
     options={"table": Option(("2", "3"), "2", variants,
                              "2: auxiliary loss weight (R-50 baseline); 3: ResNet depth, + MS")},
+    sources=pspnet.SOURCES,
 )
 
 if __name__ == "__main__":

@@ -30,13 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.recipe import Source  # noqa: E402
 from experiments.recipes import unet  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Claim, Variant  # noqa: E402
 
 VARIANTS = {
     f"{padding}{' + weights' if weights else ''}": Variant(
-        "unet", {"padding": padding}, None, recipe={"optim": {"border_weight": weights}})
+        "unet", {"padding": padding}, None, recipe={"optim": {"border_weight": weights}},
+        # the ablated knob: the rows without Eq. 2's weights are the comparison, not a deviation
+        sources={} if weights else {"border_weight": Source(False, "this ablation's row without Eq. 2")})
     for padding in ("valid", "same") for weights in (False, True)
 }
 

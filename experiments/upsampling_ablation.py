@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.recipe import override  # noqa: E402
+from experiments.recipe import Source, override  # noqa: E402
 from experiments.recipes import fcn  # noqa: E402
 from experiments.runner import main  # noqa: E402
 from experiments.spec import Ablation, Variant  # noqa: E402
@@ -43,7 +43,8 @@ VARIANTS = {
        for name, mode in MODES.items()},
     # U-Net has no ImageNet encoder and no border weights here: only the upsampling differs
     **{f"U-Net {name}": Variant("unet", {"padding": "same", "upsampling": mode}, None,
-                                recipe={"pretrained": False, "optim": {"border_weight": False}})
+                                recipe={"pretrained": False, "optim": {"border_weight": False}},
+                                sources={"pretrained": Source(False, "U-Net Sec. 3: no ImageNet encoder")})
        for name, mode in MODES.items()},
 }
 

@@ -138,7 +138,8 @@ def receptive_fields_section() -> str:
     return text + ("\n\n" + " ".join(links) if links else "")
 
 
-RECIPE_SECTIONS = ["fcn_skip", "aspp", "crf", "deeplabv3", "deeplabv3plus", "psp_bins", "unet", "upsampling",
+RECIPE_SECTIONS = ["fcn_skip", "aspp", "crf", "deeplab_v1", "deeplab_v2_schedule", "deeplabv3", "deeplabv3_os",
+                   "deeplabv3plus", "deeplabv3plus_decoder", "psp_bins", "psp_aux_depth", "unet", "upsampling",
                    "roi_align"]
 
 

@@ -119,3 +119,14 @@ CRF_SOURCES = {
     "eval.crf_params_from": Source("cross-validated per model", "v1 Sec. 4.1 / v2 Sec. 4.1: coarse-to-fine "
                                    "search on 100 val images", lambda path: path is not None),
 }
+
+_V1 = "DeepLab v1 Sec. 4.1"
+V1_SOURCES = {
+    **SOURCES,
+    "global_batch": Source(20, f"{_V1} 'mini-batch of 20 images'"),
+    "lr_schedule": Source("step", f"{_V1} 'multiplying the learning rate by 0.1 at every 2000 iterations'"),
+    "max_steps": Source(None, f"{_V1}: not given"),
+    "eval.crf_params_from": Source("cross-validated per model", f"{_V1}: dense CRF parameters by "
+                                   "cross-validation (python -m experiments.crf_search)",
+                                   lambda path: path is not None),
+}

@@ -40,6 +40,7 @@ SOURCES = {
     "max_steps": Source(None, "not given"),
     "border_weight": Source(True, "Sec. 3, Eq. 2 (w0 = 10, sigma = 5 px)"),
     "augment.name": Source("shift, rotation, grey value, elastic deformation",
-                           "Sec. 3.1 'Data Augmentation'", lambda name: False),
+                           "Sec. 3.1 'Data Augmentation' (datamodules.transforms augment='unet')",
+                           lambda name: name == "unet"),
     "pretrained": Source(False, "Sec. 3: trained from scratch"),
 }
