@@ -316,14 +316,19 @@ def as_json(value: Any) -> Any:
 
 def paper_card(ablation: Ablation, variant_name: str, seed: int, run: Run) -> dict[str, Any]:
     """The card of the same cell under the paper's recipe alone (paper preset, paper's data)."""
-    data = ablation.paper_data if ablation.paper_data in get_task(ablation.task).datasets else run.data
-    paper_run = Run(data=data, data_root=run.data_root, preset="paper", devices=run.devices,
-                    num_nodes=run.num_nodes)
-    try:
-        cell = resolve(ablation, variant_name, paper_run)
-    except RecipeError:  # the paper's batch does not split over this world size: compare at 1
-        paper_run = dataclasses.replace(paper_run, devices=1, num_nodes=1)
-        cell = resolve(ablation, variant_name, paper_run)
+    datasets = get_task(ablation.task).datasets
+    # the paper's dataset; else (e.g. COCO, or a recipe with synthetic-only sizes) this run's
+    kinds = [d for d in dict.fromkeys([ablation.paper_data, run.data]) if d in datasets]
+    for data in kinds:
+        for devices, nodes in ((run.devices, run.num_nodes), (1, 1)):  # at 1 if the batch does not split
+            paper_run = Run(data=data, data_root=run.data_root, preset="paper", devices=devices,
+                            num_nodes=nodes, accelerator=run.accelerator)
+            try:
+                cell = resolve(ablation, variant_name, paper_run)
+            except RecipeError:
+                continue
+            return _base_card(ablation, variant_name, seed, paper_run, cell)
+    cell = resolve(ablation, variant_name, paper_run)  # raises the error that names the problem
     return _base_card(ablation, variant_name, seed, paper_run, cell)
 
 

@@ -145,7 +145,7 @@ def find_runs(results_dir: str | Path) -> dict[str, list[Path]]:
     groups: dict[str, list[Path]] = {}
     for cfg in sorted(Path(results_dir).rglob("config.json")):
         if (cfg.parent / "checkpoints" / "last.ckpt").is_file():
-            c = json.loads(cfg.read_text())
+            c = json.loads(cfg.read_text())["card"]
             groups.setdefault(f"{c['ablation']}/{c['dataset']}/{c['variant']}", []).append(cfg.parent)
     return groups
 
