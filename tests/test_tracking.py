@@ -37,10 +37,12 @@ def run_on_terminal(args: list[str], env: dict[str, str], timeout: float) -> tup
                 break
             if ready and not data:
                 break
-        rc = proc.poll()
-        if rc is None:
+        try:  # the terminal closes a moment before the process has exited
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            rc = None
             proc.kill()
-        proc.wait(timeout=30)
+            proc.wait(timeout=30)
         return rc, b"".join(chunks).decode(errors="replace")
     finally:
         os.close(controller)
