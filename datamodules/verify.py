@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None, expected: Mapping[str, int] | None =
     print(format_table(checks))
     bad = sum(not c.ok for c in checks)
     print(f"\n{len(checks) - bad} of {len(checks)} checks ok" + ("" if not bad else
-          f"; run the fix commands above, then verify again"))
+          "; run the fix commands above, then verify again"))
     return 0 if bad == 0 else 1
 
 

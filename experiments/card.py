@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from datamodules.transforms import UNET_GREY, UNET_ROTATE_DEGREES
-from experiments.recipe import SMOKE, Recipe, RecipeError, as_dict, model_rule_kwargs, override
+from experiments.recipe import SMOKE, Recipe, RecipeError, model_rule_kwargs, override
 from experiments.spec import Ablation
 from experiments.tasks import get_task
 
@@ -188,13 +188,17 @@ def resolve_precision(precision: str, accelerator: str, cuda: bool | None = None
 
 def batch_advice(global_batch: int, world: int, accumulate: int) -> str:
     """Why a global batch cannot be split over the processes, and the nearest settings that can."""
-    splits = [w for w in range(1, global_batch + 1) if global_batch % w == 0]
-    near = sorted(splits, key=lambda w: (abs(w - world), w))[:2]
-    options = ", ".join(f"{w} processes x {global_batch // w} per device" for w in near)
+    def setting(w: int, a: int) -> str:
+        return f"{w} processes x {global_batch // (w * a)} per device x {a} accumulation"
+
+    same_acc = [w for w in range(1, global_batch + 1) if global_batch % (w * accumulate) == 0]
+    same_world = [a for a in range(1, global_batch + 1) if global_batch % (world * a) == 0]
+    options = [setting(w, accumulate) for w in sorted(same_acc, key=lambda w: (abs(w - world), w))[:2]]
+    options += [setting(world, a) for a in sorted(same_world, key=lambda a: (abs(a - accumulate), a))[:1]]
     return (f"global batch {global_batch} (the paper's) cannot be split over {world} processes x "
             f"{accumulate} accumulation steps: per-device batch {global_batch / (world * accumulate):g}. "
-            f"Nearest valid: {options}; or choose --accumulate A with processes x A dividing "
-            f"{global_batch}; or --batch-size B to change the global batch (recorded as a deviation)")
+            f"Nearest valid: {'; '.join(options)} (--devices/--num-nodes, --accumulate); "
+            f"or --batch-size B to change the global batch (recorded as a deviation)")
 
 
 def synthetic_task(ablation: Ablation, run: Run) -> str:

@@ -47,7 +47,7 @@ from experiments.progress import callbacks as progress_callbacks
 from experiments.recipe import as_dict
 from experiments.stages import init_from_checkpoint, is_finished, parent_checkpoint, parent_dir
 from experiments.stages import summary as init_summary
-from experiments.table import write_text_atomic
+from experiments.atomic import write_atomic, write_text_atomic
 from experiments.tasks import get_task
 from experiments.tracking import Throughput, log_predictions, make_wandb_logger
 from experiments.training_log import attempt_logger
@@ -228,6 +228,7 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         # per-image counts first: metrics.json marks the cell finished
         ids = getattr(getattr(datamodule, "val_set", None), "ids", None)
         for key, rows in getattr(module, "last_per_image", {}).items():
-            per_image.save(run_dir / per_image.file_name(key), per_image.with_image_ids(rows, ids))
+            table = per_image.with_image_ids(rows, ids)
+            write_atomic(run_dir / per_image.file_name(key), lambda f, t=table: per_image.write(f, t))
         write_json_atomic(metrics_file, result)
     return result

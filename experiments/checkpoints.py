@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -37,41 +36,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # a platform or file system without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+from experiments.atomic import write_atomic
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that leaves either the previous file or the complete new one,
     with no temporary file behind, whatever happens (disk full, kill, exception)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a checkpoint is not
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

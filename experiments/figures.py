@@ -19,9 +19,7 @@ import them from there.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from datamodules.constants import IGNORE_INDEX
+from experiments.atomic import write_atomic
 from experiments.palette import colorize
 from experiments.results_folder import (
     GridUnavailable,
@@ -48,11 +47,7 @@ _FRACTION = re.compile(r"iou|acc|(^|_)ap\d*($|_)|dice|f1|precision|recall")
 # --------------------------------------------------------------------------- figures
 def _save(fig: Figure, path: Path) -> Path:
     """Write atomically: array jobs may refresh the same figure concurrently."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     return path
 
 

@@ -39,7 +39,8 @@ from experiments.progress import SweepClock
 from experiments.recipe import PRECISIONS, RecipeError
 from experiments.spec import Ablation
 from experiments.stages import cell_levels, check_parents, stage_order
-from experiments.table import collect_rows, render_csv, render_markdown, write_text_atomic
+from experiments.atomic import write_text_atomic
+from experiments.table import collect_rows, render_csv, render_markdown
 from experiments.tasks import get_task
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 from experiments.spec import Ablation, load_paper_numbers, paper_values
@@ -160,11 +158,3 @@ def render_csv(rows: list[dict]) -> str:
         flat = {**r, **{k: r["metrics"].get(k, {}).get("mean") for k in secondary}}
         writer.writerow({k: (" ".join(map(str, flat[k])) if isinstance(flat[k], list) else flat[k]) for k in fields})
     return buf.getvalue()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 
 from experiments.distributed import global_rank
-from experiments.table import write_text_atomic
+from experiments.atomic import write_text_atomic
 
 
 def has_wandb_key() -> bool:

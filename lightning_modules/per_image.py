@@ -19,7 +19,7 @@ nothing repeated). torchmetrics gathers the rows of all processes on ``compute()
 rows add up to the synced confusion matrices exactly, else it reports nothing (with a warning)
 rather than numbers that do not belong to the run.
 
-File: ``<run_dir>/per_image_<key>.npz`` (``key`` = ``val``, ``val_crf``, ...; :func:`save`,
+File: ``<run_dir>/per_image_<key>.npz`` (``key`` = ``val``, ``val_crf``, ...; :func:`write`,
 written atomically by ``experiments/cell.py``) with ``index`` (N,), ``tp``, ``label``, ``pred``,
 ``trimap_tp``, ``trimap_label``, ``trimap_pred`` (N×C int64), ``trimap_width``, ``num_classes``
 and, when the dataset names its images, ``image_id`` (N,).
@@ -27,8 +27,6 @@ and, when the dataset names its images, ``image_id`` (N,).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,18 +89,10 @@ def with_image_ids(rows: dict[str, np.ndarray], ids: Sequence[str] | None) -> di
     return {**rows, "image_id": np.asarray([str(ids[i]) for i in rows["index"]])}
 
 
-def save(path: Path, rows: dict[str, np.ndarray]) -> None:
-    """Write ``rows`` as a compressed ``.npz``, atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write(file, rows: dict[str, np.ndarray]) -> None:
+    """``rows`` as a compressed ``.npz`` into an open binary file (the cell writes it atomically,
+    ``experiments.atomic.write_atomic``)."""
+    np.savez_compressed(file, **rows)
 
 
 def load(path: Path) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ from torch import nn
 from models.deeplab import DeepLabLargeFOV, DeepLabV2
 from models.deeplab_v3 import DeepLabV3, DeepLabV3Plus
 from models.deeplab_v3_cascade import DeepLabV3Cascade
-from models.fcn import FCN, fcn8s, fcn16s, fcn32s
+from models.fcn import fcn8s, fcn16s, fcn32s
 from models.mask_rcnn import mask_rcnn
 from models.pspnet import PSPNet
 from models.unet import UNet

@@ -112,7 +112,7 @@ def test_global_batch_is_the_papers_under_ddp(devices, per_device):
 
 
 def test_indivisible_global_batch_names_the_nearest_settings():
-    with pytest.raises(RecipeError, match=r"global batch 10 .* 4 processes.*Nearest valid: 5 processes x 2"):
+    with pytest.raises(RecipeError, match=r"global batch 10 .* 4 processes.*Nearest valid: 5 processes x 2 per device x 1 accumulation"):
         resolve(TINY, "one rate", Run(data="voc", data_root="/x", preset="paper", devices=4))
     cell = resolve(TINY, "one rate", Run(data="voc", data_root="/x", preset="paper", devices=4, batch_size=3))
     assert cell.global_batch == 12 and cell.batch_per_device == 3
@@ -270,3 +270,25 @@ def test_the_smoke_vgg_rule_reaches_builders_that_forward_their_arguments(capsys
     assert found and all(c["model_kwargs"]["batch_norm"] is True and c["smoke_rules"] for c in found)
     roi = load(next(s for s in SCRIPTS if s.stem == "roi_align_ablation"))
     assert all("batch_norm" not in c["model_kwargs"] for c in cards(capsys, roi, "--seeds", "0"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+def test_paper_global_batch_under_1_2_and_4_devices(script):
+    """Every paper-preset cell keeps the paper's global batch on 1, 2 and 4 processes, or stops
+    with the nearest valid settings (never a silently different batch)."""
+    ablation = load(script)
+    choices = [ablation] + [ablation.with_option(n, c) for n, o in ablation.options.items() for c in o.choices]
+    data = ablation.paper_data if ablation.paper_data in ("voc", "ade20k") else "voc"
+    for chosen in choices:
+        for name in chosen.variants:
+            for devices in (1, 2, 4):
+                run = Run(data=data, data_root="/x", preset="paper", devices=devices)
+                try:
+                    cell = resolve(chosen, name, run)
+                except RecipeError as err:
+                    assert "cannot be split" in str(err) and "Nearest valid" in str(err), err
+                    continue
+                want = override(ablation.paper, {"model": chosen.variants[name].kwargs,
+                                                 **chosen.variants[name].recipe}).data.global_batch
+                assert cell.global_batch == want
+                assert cell.batch_per_device * devices * cell.recipe.trainer.accumulate == want

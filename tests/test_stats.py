@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from datamodules.base import UnpaddedDistributedSampler
+from experiments.atomic import write_atomic
 from experiments import claims, compare, stats
 from experiments.runner import main
 from experiments.spec import Claim
@@ -60,7 +61,7 @@ def fake_run(dataset_dir: Path, variant: str, seed: int, counts: np.ndarray, key
     d.mkdir(parents=True)
     rows = {"index": np.arange(len(counts)), "tp": counts[:, 0], "label": counts[:, 1], "pred": counts[:, 2]}
     rows.update({f"trimap_{k}": v for k, v in list(rows.items())[1:]})
-    per_image.save(d / per_image.file_name(key), rows)
+    write_atomic(d / per_image.file_name(key), lambda f: per_image.write(f, rows))
     (d / "metrics.json").write_text(json.dumps({"seed": seed, key: {}}))
 
 
