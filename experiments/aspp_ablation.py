@@ -7,7 +7,7 @@ LargeFOV is one 3×3 fc6 at rate 12; ASPP sums the class scores of parallel bran
 ASPP-S = (2, 4, 8, 12) or ASPP-L = (6, 12, 18, 24). The smoke preset uses the synthetic
 ``multiscale`` task, where one class appears at sizes spanning more than 10×.
 
-    # CPU smoke (default; synthetic data, 2 seeds)
+    # CPU smoke (default; synthetic data, 3 seeds)
     python experiments/aspp_ablation.py
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
     python experiments/aspp_ablation.py --data voc --data-root /data --dry-run

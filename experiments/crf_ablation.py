@@ -8,7 +8,7 @@ both, with the paper's before- and after-CRF numbers. The CRF parameters are arg
 recorded in every cell's config.json and metrics.json. The smoke preset uses the synthetic
 ``multiscale`` task (as the ASPP ablation) whose object outlines the CRF can sharpen.
 
-    # CPU smoke (default; synthetic data, 2 seeds)
+    # CPU smoke (default; synthetic data, 3 seeds)
     python experiments/crf_ablation.py
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
     python experiments/crf_ablation.py --data voc --data-root /data --dry-run

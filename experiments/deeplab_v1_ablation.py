@@ -9,7 +9,7 @@ rate 4 (DeepLab-CRF, 65.1M) or rate 8 (DeepLab-CRF-4x4, 65.1M), or to 3×3 × 10
 the LargeFOV prototxt's parameter-free ``pool5a``. The smoke preset uses the synthetic
 ``multiscale`` task (as the ASPP ablation), where the field of view decides the large objects.
 
-    # CPU smoke (default; synthetic data, 2 seeds)
+    # CPU smoke (default; synthetic data, 3 seeds)
     python experiments/deeplab_v1_ablation.py
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
     python experiments/deeplab_v1_ablation.py --data voc --data-root /data --dry-run

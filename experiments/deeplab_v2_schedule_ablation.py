@@ -8,7 +8,7 @@ Each row is a recipe override of its variant; on the smoke preset the rows keep 
 (steps × 300/20K, batch 24 vs 8, steps of the step policy at 1/3 and 2/3). The smoke preset uses
 the synthetic ``multiscale`` task, as the ASPP ablation.
 
-    # CPU smoke (default; synthetic data, 2 seeds)
+    # CPU smoke (default; synthetic data, 3 seeds)
     python experiments/deeplab_v2_schedule_ablation.py
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
     python experiments/deeplab_v2_schedule_ablation.py --data voc --data-root /data --dry-run

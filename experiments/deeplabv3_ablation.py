@@ -8,7 +8,7 @@ doubled (Table 6, first row); "crop 321" trains it on 321 crops instead of 513 (
 -> 67.22; on the smoke preset 100-px crops of the 160-px images). The smoke preset uses the synthetic ``multiscale`` task and a
 width-scaled ResNet-50 (ResNet-101 is twice as slow on a CPU; the paper's Table 1 also uses 50).
 
-    # CPU smoke (default; synthetic data, 2 seeds)
+    # CPU smoke (default; synthetic data, 3 seeds)
     python experiments/deeplabv3_ablation.py
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
     python experiments/deeplabv3_ablation.py --data voc --data-root /data --dry-run

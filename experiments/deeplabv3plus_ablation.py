@@ -11,7 +11,7 @@ first rows use plain convs; ``separable=True`` is the paper's final "SC" model).
 uses the synthetic ``thin`` task: thin structures and small objects, where a stride-16 encoder
 alone cannot place boundaries and the stride-4 decoder should help (see the trimap column).
 
-    # CPU smoke (default; synthetic data, 2 seeds)
+    # CPU smoke (default; synthetic data, 3 seeds)
     python experiments/deeplabv3plus_ablation.py
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
     python experiments/deeplabv3plus_ablation.py --data voc --data-root /data --dry-run

@@ -10,7 +10,7 @@ The paper preset trains on SBD train and evaluates on seg11valid, whole images, 
 The smoke preset uses the synthetic ``thin`` task, whose classes are easy to recognise but sit
 on 1–3 px structures that only fine predictions can outline.
 
-    # CPU smoke (default; synthetic data, 2 seeds)
+    # CPU smoke (default; synthetic data, 3 seeds)
     python experiments/fcn_skip_ablation.py
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
     python experiments/fcn_skip_ablation.py --data voc --data-root /data --dry-run

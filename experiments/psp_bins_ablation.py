@@ -8,7 +8,7 @@ scattered over the whole image, so only context from the whole image decides any
 task whose scene is visible only in a border frame (see the README for why that one cannot
 separate them).
 
-    # CPU smoke (default; synthetic data, 2 seeds)
+    # CPU smoke (default; synthetic data, 3 seeds)
     python experiments/psp_bins_ablation.py
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
     python experiments/psp_bins_ablation.py --data ade20k --data-root /data --dry-run

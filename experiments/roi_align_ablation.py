@@ -18,7 +18,7 @@ width-1/8 network from scratch on ``SyntheticInstances`` (thin stars, rings and 
 across, ``datamodules/synthetic/instances.py``), where a 2 px error costs a mask far more than a
 box.
 
-    # CPU smoke (default; synthetic data, 2 seeds; one thread per process is fastest on
+    # CPU smoke (default; synthetic data, 3 seeds; one thread per process is fastest on
     # shared cores: OMP_NUM_THREADS=1)
     python experiments/roi_align_ablation.py
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing

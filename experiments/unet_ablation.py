@@ -12,7 +12,7 @@ smoke task ``touching`` packs cells whose 1–2 px separating borders are labell
 mIoU barely sees them, so read ``trimap mIoU`` beside it (within ``trimap_width`` px of label
 boundaries: 1 px in the smoke preset, where a 5-px band would cover most of a 6–12 px cell).
 
-    # CPU smoke (default; synthetic data, 2 seeds)
+    # CPU smoke (default; synthetic data, 3 seeds)
     python experiments/unet_ablation.py
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
     python experiments/unet_ablation.py --data voc --data-root /data --dry-run

@@ -12,7 +12,7 @@ valid padding's context, 6× the cost) and without the border weight map (its lo
 decoder; both are ablated in unet_ablation.py). Smoke: synthetic ``thin`` (1-3 px structures:
 the upsampling path draws them) and VGG16-BN (plain VGG16 does not train from scratch).
 
-    # CPU smoke (default; synthetic data, 2 seeds)
+    # CPU smoke (default; synthetic data, 3 seeds)
     python experiments/upsampling_ablation.py
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
     python experiments/upsampling_ablation.py --data voc --data-root /data --dry-run

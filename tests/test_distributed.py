@@ -146,7 +146,7 @@ def test_ddp_run_reports_the_metrics_of_one_process_on_the_same_weights(tmp_path
         np.testing.assert_array_equal(rows[key], value, err_msg=key)
     table = (out / "tiny" / "synthetic_thin-smoke" / "results.md").read_text()
     # a one-cell run refreshes the whole table: its own row, the other variant missing
-    assert "(n=1), missing seeds [1]" in table and "| FCN 8s | missing (2 seeds)" in table
+    assert "(n=1), missing seeds [1, 2]" in table and "| FCN 8s | missing (3 seeds)" in table
 
 
 PAPER_TINY = Ablation(
