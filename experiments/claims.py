@@ -1,7 +1,7 @@
 """The claims table: each ablation's paper directions (``Ablation.claims``) tested on our runs.
 
 For every :class:`experiments.spec.Claim` the table shows the paper's Δ (from paper_numbers.toml),
-our Δ = B − A with its 95% confidence interval from a paired bootstrap over images, the
+our Δ = B − A with its 95% confidence interval from a paired bootstrap over seeds and images, the
 randomisation p-value, images × paired seeds, the between-seed spread of Δ, and the verdict
 computed from the interval by :func:`experiments.stats.verdict` (supported / contradicted /
 inconclusive), never written by hand. Cells not run (or run before per-image counts were stored)
@@ -94,10 +94,11 @@ def render_markdown(title: str, rows: list[dict], resamples: int = 10_000, seed:
     out += ["",
             "- Δ = B − A in points for the claim \"B > A\"; paper Δ from the papers' tables (experiments/"
             "paper_numbers.toml), — where a paper gives no number. Claims: " + "; ".join(sources) + ".",
-            f"- 95% CI: paired percentile bootstrap over the validation images ({resamples} resamples, seed "
-            f"{seed}), the dataset-level metric recomputed per resample from per-image counts, averaged over "
-            "the seeds both variants have; p: paired approximate randomisation over images (two-sided). "
-            "seed sd: sample std of the per-seed Δ (training noise, not in the CI). Method: experiments/stats.py.",
+            f"- 95% CI: paired two-level percentile bootstrap ({resamples} resamples, seed {seed}): the seed pairs "
+            "both variants have, then the validation images, drawn with replacement; the dataset-level metric "
+            "recomputed per resample from per-image counts (with one seed: images only). p: paired approximate "
+            "randomisation over images (two-sided). seed sd: sample std of the per-seed Δ. Method: "
+            "experiments/stats.py.",
             "- Verdict at 95%: supported when the CI lies on the claimed side of 0 (for ≈: inside ±tolerance), "
             "contradicted when it lies on the other side (for ≈: outside), else inconclusive."]
     if any(str(r["verdict"]).startswith("not testable") for r in rows):

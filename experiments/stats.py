@@ -1,4 +1,4 @@
-"""Is a difference between two rows real? A paired bootstrap over images, and the claims' verdicts.
+"""Is a difference between two rows real? A paired bootstrap over seeds and images, and the claims' verdicts.
 
 What is resampled. The evaluation images. Each run stores, per validation image, its per-class
 intersection / label / prediction pixel counts (``lightning_modules/per_image.py``). A bootstrap
@@ -20,13 +20,16 @@ not count for it), so averaging per-image scores would test a different quantity
 the table reports. Summing counts reproduces the reported metric exactly on the full set
 (tested) and any subset's metric on a resample.
 
-Seeds. The bootstrap measures the uncertainty from *which images* were evaluated, for the trained
-models at hand. Training randomness is a separate source (Bouthillier et al., "Accounting for
-variance in machine learning benchmarks", MLSys 2021): seeds both variants have are paired, the
-metric of each seed is computed on the resampled set and averaged over the seeds, then the
-difference is taken; the between-seed spread of the per-seed differences is reported separately.
-Seeds only one variant has are left out (and named). Two seeds say little about training
-variance: read the seed spread beside the interval.
+Seeds. Two sources of uncertainty matter: *which images* were evaluated, and *which training run*
+produced the models (Bouthillier et al., "Accounting for variance in machine learning
+benchmarks", MLSys 2021). Seeds both variants have are paired (seed k of A with seed k of B). With
+several paired seeds every resample also draws the seed pairs with replacement, and the metric
+of each drawn seed on the resampled images is averaged with the draw's multiplicities — a
+two-level (seeds, then images) bootstrap (Davison & Hinkley, "Bootstrap Methods and their
+Application", 1997, Sec. 3.8) — so the interval includes training variance: with three seeds
+that disagree it is wide, as it should be. With a single seed the interval covers the images
+only (the claims table says so). Seeds only one variant has are left out (and named); the
+between-seed spread of the per-seed differences is reported beside the interval.
 
 p-value. A paired approximate randomisation test over images (Noreen 1989; Riezler & Maxwell,
 "On some pitfalls in automatic evaluation and significance testing for MT", 2005): under the
@@ -201,7 +204,8 @@ class Comparison:
             f"  {self.label('a')}: {self.a_value * 100:.2f}",
             f"  {self.label('b')}: {self.b_value * 100:.2f}",
             f"  Δ = {self.delta * 100:+.2f} points, {pct}% CI [{self.low * 100:+.2f}, {self.high * 100:+.2f}] "
-            f"(paired bootstrap over images, {self.resamples} resamples, seed {self.bootstrap_seed})",
+            f"(paired bootstrap over {'seeds and ' if len(self.seeds) > 1 else ''}images, {self.resamples} "
+            f"resamples, seed {self.bootstrap_seed})",
             f"  p = {self.p_value:.4f} (two-sided, paired approximate randomisation over images, "
             f"{self.resamples} permutations)",
             "  between seeds: per-seed Δ " + ", ".join(f"{d * 100:+.2f}" for d in self.seed_deltas)
@@ -226,9 +230,11 @@ def _multiplicities(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
     return np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
 
 
-def _seed_mean_metric(totals: np.ndarray, metric: str) -> np.ndarray:
-    """totals (..., S, 3, C) → the metric per seed, averaged over seeds: (...)."""
-    return metric_of_counts(totals[..., 0, :], totals[..., 1, :], totals[..., 2, :], metric).mean(-1)
+def _seed_mean_metric(totals: np.ndarray, metric: str, weights: np.ndarray | None = None) -> np.ndarray:
+    """totals (..., S, 3, C) → the metric per seed, averaged over seeds (with ``weights`` (..., S)
+    summing to 1: a resample of the seeds): (...)."""
+    per_seed = metric_of_counts(totals[..., 0, :], totals[..., 1, :], totals[..., 2, :], metric)
+    return per_seed.mean(-1) if weights is None else (per_seed * weights).sum(-1)
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, metric: str, resamples: int = 10_000, seed: int = 0,
@@ -256,7 +262,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, metric: str, resamples: int =
     for start in range(0, resamples, chunk):
         rows = min(chunk, resamples - start)
         totals = (_multiplicities(rng, rows, n) @ both).reshape(rows, 2, s, 3, -1)
-        deltas.append(_seed_mean_metric(totals[:, 1], metric) - _seed_mean_metric(totals[:, 0], metric))
+        seeds = _multiplicities(rng, rows, s) / s if s > 1 else None  # the seed pairs, resampled
+        deltas.append(_seed_mean_metric(totals[:, 1], metric, seeds) - _seed_mean_metric(totals[:, 0], metric, seeds))
         # randomisation: image i's counts swapped between A and B where flip = 1
         flip = rng.integers(0, 2, size=(rows, n)).astype(np.float64)
         moved = (flip @ diff).reshape(rows, s, 3, -1)

@@ -338,3 +338,26 @@ def test_module_per_image_counts_give_its_metrics_exactly(tmp_path):
         trimap = [rows[f"trimap_{k}"].sum(0) for k in per_image.COUNT_KEYS]
         assert stats.exact_metric(*trimap, "trimap_miou") == reported["trimap_miou"]
     assert not np.array_equal(module.last_per_image["val"]["pred"], module.last_per_image["val_crf"]["pred"])
+
+
+def test_seeds_that_disagree_make_the_interval_wide():
+    """Training variance is in the interval: seed 0 says B is much better, seed 1 that it is a
+    little worse, each on every image. The seed-averaged delta is positive and every image agrees,
+    so an images-only bootstrap would call B certainly better; resampling the seeds too does not."""
+    from experiments.stats import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    n, c = 60, 3
+    label = rng.integers(50, 100, size=(n, c)).astype(np.int64)
+    good, bad, fair = ((label * f).astype(np.int64) for f in (0.9, 0.5, 0.8))
+
+    def run(tp):  # predictions exactly where labelled: pred = label
+        return np.stack([tp, label, label], axis=1)
+
+    a = np.stack([run(bad), run(good)])    # seed 0: A bad, seed 1: A good
+    b = np.stack([run(good), run(fair)])   # seed 0: B good, seed 1: B a little worse than A
+    out = paired_bootstrap(a, b, "miou", resamples=2000, seed=0)
+    assert out["seed_deltas"][0] > 0.2 and out["seed_deltas"][1] < -0.05 and out["delta"] > 0.1
+    assert out["low"] < 0 < out["high"]    # inconclusive, not 'supported' or 'contradicted'
+    single = paired_bootstrap(a[:1], b[:1], "miou", resamples=2000, seed=0)
+    assert single["low"] > 0               # one seed: images only, a clear difference
