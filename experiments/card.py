@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from datamodules.transforms import UNET_GREY, UNET_ROTATE_DEGREES
-from experiments.recipe import SMOKE, Recipe, RecipeError, model_rule_kwargs, override
+from experiments.recipe import SMOKE, Recipe, RecipeError, model_rule_kwargs, override, validate
 from experiments.spec import Ablation
 from experiments.tasks import get_task
 
@@ -114,6 +114,7 @@ def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
         rule_kwargs, used = model_rule_kwargs(variant.model, plain.model)
         rules = tuple(f"{r.name}: {r.kwargs} ({r.why})" for r in used)
     recipe = _layers(ablation, variant_name, run.preset, rule_kwargs, run.changes)
+    validate(recipe)  # values written as dataclasses (the paper recipes) are checked like overrides
     _check_model_keys(recipe.model)
     unknown = [k for k in recipe.model if not builder_accepts(variant.model, k)]
     if unknown:

@@ -292,3 +292,10 @@ def test_paper_global_batch_under_1_2_and_4_devices(script):
                                                  **chosen.variants[name].recipe}).data.global_batch
                 assert cell.global_batch == want
                 assert cell.batch_per_device * devices * cell.recipe.trainer.accumulate == want
+
+
+def test_a_recipe_written_as_dataclasses_is_checked_too(capsys):
+    bad = dataclasses.replace(TINY, paper=Recipe(data=Data(global_batch=0), optim=Optim(lr_schedule="cosine")))
+    with pytest.raises(SystemExit):
+        main(bad, ["--dry-run"])
+    assert "data.global_batch: expected a positive value" in capsys.readouterr().err
