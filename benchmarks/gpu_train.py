@@ -15,9 +15,25 @@ here: its row reads the ``touching`` task through ``SyntheticDataModule`` at 572
 array-backed path its ablation uses. Images/s after the first batch (worker start-up,
 reported). If the loader is slower than the step, the GPU waits for data.
 
+(c) The real runner: the paper preset of the ablation script and variant that trains this model
+(``experiments/<name>_ablation.py --preset paper --variant ...``) on the exported dataset, in
+this process, for ``--runner-steps`` optimiser steps after its own 3 warm-up steps, with the
+preset's defaults (precision and channels_last auto, its workers), no pretrained weights (none
+can be downloaded on an offline machine). Its steady-state images/s (``train_images_per_s`` of
+the cell's metrics.json: time between training-batch ends after the warm-up, validation and
+checkpoints excluded) against (a)'s, and the warm-up seconds. The bare step of a configuration
+with a runner row is built from the same resolved cell (model, kwargs, per-device batch, crop,
+auxiliary loss weight), so (a) and (c) train the same network.
+
+(d) The loss alone on PSPNet-sized logits (16 × 150 × 473 × 473, bf16 on a GPU; a small size on
+a CPU): forward + backward of ``F.cross_entropy(logits.float())`` against the repository's
+``segmentation_loss`` (``LowPrecisionCrossEntropy`` for half-precision logits), peak memory
+above the logits and time.
+
     python benchmarks/gpu_train.py --json gpu_train.json       # one GPU: all rows, a few minutes
     python benchmarks/gpu_train.py --only deeplab_v3_os8 pspnet --steps 20
     python benchmarks/gpu_train.py --tiny --json /tmp/tiny.json  # anywhere (CPU): a check only
+    python benchmarks/gpu_train.py --no-runner                   # (a), (b) and (d) only
 """
 
 from __future__ import annotations
@@ -51,37 +67,83 @@ class Config:
     augment: str
     scale_range: tuple[float, float] = (1.0, 1.0)
     aux_weight: float = 0.0
+    # (c): the paper cell that trains this model: (ablation script stem, variant, extra argv)
+    runner: tuple[str, str, tuple[str, ...]] | None = None
 
+
+VOC_SPLITS = ("--set", "data.train_split=train", "--set", "data.val_split=val")  # the export's lists
 
 CONFIGS = [  # the papers' recipes (experiments/recipes/*.py), width 1, no pretrained weights
-    Config("fcn8s", "FCN-8s VGG16", "fcn8s", {}, 21, 20, 500, "voc", "flip"),
+    # FCN trains on whole images, 1 per step with 20 accumulated (fcn.py): the bare step is that
+    Config("fcn8s", "FCN-8s VGG16", "fcn8s", {}, 21, 1, 500, "voc", "flip",
+           runner=("fcn_skip", "FCN-8s at-once", VOC_SPLITS)),
     Config("deeplab_largefov", "DeepLab LargeFOV VGG16", "deeplab_largefov", {}, 21, 10, 321,
-           "voc", "deeplab", (0.5, 1.5)),
+           "voc", "deeplab", (0.5, 1.5), runner=("aspp", "LargeFOV", VOC_SPLITS)),
     Config("deeplab_v2_vgg16", "DeepLab v2 ASPP-L VGG16", "deeplab_v2",
            {"backbone": "vgg16", "atrous_rates": (6, 12, 18, 24)}, 21, 10, 321, "voc", "deeplab",
-           (0.5, 1.5)),
-    Config("deeplab_v2_r101", "DeepLab v2 ASPP-L ResNet-101", "deeplab_v2",
+           (0.5, 1.5), runner=("aspp", "ASPP-L", VOC_SPLITS)),
+    Config("deeplab_v2_r101", "DeepLab v2 ASPP-L ResNet-101 (MSC)", "deeplab_v2",
            {"backbone": "resnet101", "atrous_rates": (6, 12, 18, 24)}, 21, 10, 321, "voc",
-           "deeplab", (0.5, 1.5)),
+           "deeplab", (0.5, 1.5), runner=("aspp", "ASPP-L-R101", ("--backbone", "resnet101", *VOC_SPLITS))),
     Config("pspnet", "PSPNet ResNet-50 + aux", "pspnet", {"backbone": "resnet50", "aux": True},
-           150, 16, 473, "ade20k", "pspnet", (0.5, 2.0), aux_weight=0.4),
+           150, 16, 473, "ade20k", "pspnet", (0.5, 2.0), aux_weight=0.4,
+           runner=("psp_bins", "B1236 AVE DR", ())),
     Config("deeplab_v3_os16", "DeepLab v3 ResNet-101 OS16", "deeplab_v3",
            {"backbone": "resnet101", "output_stride": 16}, 21, 16, 513, "voc", "deeplab",
-           (0.5, 2.0)),
+           (0.5, 2.0), runner=("deeplabv3", "MG(1,2,4) + image pooling", VOC_SPLITS)),
     Config("deeplab_v3_os8", "DeepLab v3 ResNet-101 OS8", "deeplab_v3",
            {"backbone": "resnet101", "output_stride": 8}, 21, 16, 513, "voc", "deeplab",
-           (0.5, 2.0)),
+           (0.5, 2.0), runner=("deeplabv3", "MG(1,2,4) + image pooling",
+                               ("--set", "model.output_stride=8", *VOC_SPLITS))),
     Config("torchvision_deeplabv3", "torchvision deeplabv3_resnet101 (peer)", "torchvision", {},
            21, 16, 513, "voc", "deeplab", (0.5, 2.0)),
     Config("deeplab_v3plus", "DeepLab v3+ Xception-65 OS16", "deeplab_v3plus",
            {"backbone": "xception65", "output_stride": 16}, 21, 16, 513, "voc", "deeplab",
-           (0.5, 2.0)),
-    Config("unet", "U-Net (valid padding)", "unet", {}, 2, 1, 572, "synthetic", "flip"),
+           (0.5, 2.0), runner=("deeplabv3plus", "Xception-65 decoder, separable", VOC_SPLITS)),
+    Config("unet", "U-Net (valid padding)", "unet", {}, 2, 1, 572, "synthetic", "flip",
+           runner=("unet", "valid", ())),
 ]
 EXPORT_SIZE = {"voc": 500, "ade20k": 512}  # VOC images are at most 500 px; ADE20K ~512 short side
 
 
-def build(cfg: Config, width: float) -> torch.nn.Module:
+def runner_argv(cfg: Config, args, root: Path | None, out: Path) -> tuple[str, list[str]]:
+    """The command line of (c)'s cell: the paper preset of ``cfg.runner``'s script and variant."""
+    stem, variant, extra = cfg.runner
+    data = {"voc": ["--data", "voc"], "ade20k": ["--data", "ade20k"], "synthetic": []}[cfg.layout]
+    argv = ["--preset", "paper", *data, "--variant", variant, "--seed", "0", "--pretrained", "false",
+            "--max-steps", str(args.runner_steps + 3), "--out", str(out), "--quiet", "--no-figures",
+            *extra]
+    if cfg.layout != "synthetic":
+        argv += ["--data-root", str(root), "--skip-data-check"]
+    if args.tiny:  # small everything; the synthetic U-Net row also at a small image size
+        argv += ["--width", str(args.width), "--batch-size", "2", "--set", "trainer.accumulate=1"]
+        argv += ["--image-size", "96"] if cfg.layout == "synthetic" else ["--set", "data.crop_size=64"]
+        argv += ["--set", "data.num_train=6", "--set", "data.num_val=1"] if cfg.layout == "synthetic" else []
+    elif cfg.layout == "synthetic":
+        argv += ["--set", f"data.num_train={args.n_images}", "--set", "data.num_val=1"]
+    if args.workers is not None:
+        argv += ["--workers", str(args.workers)]
+    return stem, argv
+
+
+def ablation_of(stem: str):
+    import importlib
+
+    return importlib.import_module(f"experiments.{stem}_ablation").ABLATION
+
+
+def resolved_cell(cfg: Config, args):
+    """The runner's resolved cell for ``cfg`` (what (c) trains), or None without a runner row."""
+    if cfg.runner is None:
+        return None
+    from experiments.runner import parse_args
+
+    stem, argv = runner_argv(cfg, args, Path("/nonexistent"), Path("/nonexistent"))
+    parsed, _, _ = parse_args(ablation_of(stem), argv)
+    return parsed.cells[cfg.runner[1]]
+
+
+def build(cfg: Config, width: float, cell=None) -> torch.nn.Module:
     if cfg.model == "torchvision":  # no width knob: always full width
         from torchvision.models.segmentation import deeplabv3_resnet101
 
@@ -89,15 +151,26 @@ def build(cfg: Config, width: float) -> torch.nn.Module:
                                    num_classes=cfg.num_classes, aux_loss=False)
     from models import build_model
 
+    if cell is not None:  # the runner's model exactly (MSC, multi-grid, image pooling, ...)
+        return build_model(cell.model, cfg.num_classes, **{**cell.model_kwargs, "pretrained": False})
     return build_model(cfg.model, cfg.num_classes, pretrained=False, width=width, **cfg.kwargs)
 
 
 def measure_step(cfg: Config, args, device: str) -> dict:
+    cell = resolved_cell(cfg, args)
     batch, crop = (2, 64) if args.tiny else (cfg.batch, cfg.crop)
+    aux_weight = cfg.aux_weight
+    if cell is not None and not args.tiny:
+        batch = cell.batch_per_device
+        crop = cell.recipe.data.crop_size or cell.recipe.data.image_size or EXPORT_SIZE[cfg.layout]
+        aux_weight = cell.recipe.optim.aux_weight
     torch.manual_seed(0)
     gpu = device == "cuda"
     out = {"batch": batch, "crop": crop, "precision": "bf16-autocast" if gpu else "fp32",
-           "channels_last": gpu, "steps": args.steps, "warmup_steps": args.warmup}
+           "channels_last": gpu, "steps": args.steps, "warmup_steps": args.warmup,
+           "model": cell.model if cell else cfg.model,
+           "model_kwargs": {k: v for k, v in (cell.model_kwargs if cell else cfg.kwargs).items()
+                            if k != "pretrained"}}
     if args.tiny and cfg.model == "torchvision":
         out["note"] = "step not timed with --tiny: torchvision's model has no width knob"
         return out
@@ -106,11 +179,11 @@ def measure_step(cfg: Config, args, device: str) -> dict:
         if gpu:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        model = build(cfg, args.width)
+        model = build(cfg, args.width, cell)
         x = torch.randn(batch, 3, crop, crop, device=device)
         y = torch.randint(0, cfg.num_classes, (batch, crop, crop), device=device)
         out |= time_train_step(model, x, y, torch.bfloat16 if gpu else torch.float32, gpu,
-                               args.steps, args.warmup, cfg.aux_weight)
+                               args.steps, args.warmup, aux_weight)
         if gpu:
             out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     except torch.OutOfMemoryError:
@@ -159,6 +232,68 @@ def measure_loader(cfg: Config, args, roots: dict[str, Path], cache: dict) -> di
     return result
 
 
+def measure_runner(cfg: Config, args, roots: dict[str, Path], tmp: Path) -> dict:
+    """(c): one paper cell through ``experiments.runner.main`` in this process; its metrics.json."""
+    from experiments.runner import main as run_ablation
+
+    stem, argv = runner_argv(cfg, args, roots.get(cfg.layout), tmp / f"runner_{cfg.key}")
+    t0 = time.perf_counter()
+    try:
+        run_ablation(ablation_of(stem), argv)
+    except torch.OutOfMemoryError:
+        return {"note": "out of memory: skipped", "argv": argv}
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    found = list((tmp / f"runner_{cfg.key}").rglob("metrics.json"))
+    if len(found) != 1:
+        return {"note": f"no metrics.json after the run ({len(found)} found)", "argv": argv}
+    m = json.loads(found[0].read_text())
+    config = json.loads((found[0].parent / "config.json").read_text())["card"]
+    return {"images_per_s": m["train_images_per_s"], "warmup_s": m.get("train_warmup_s"),
+            "warmup_steps": m.get("train_warmup_steps"), "steps": m["steps"],
+            "train_time_s": m["train_time_s"], "wall_s": time.perf_counter() - t0,
+            "precision": config["precision"], "channels_last": config["channels_last"],
+            "workers": config["num_workers"], "batch_per_device": config["batch_size_per_device"],
+            "accumulate": config.get("accumulate"), "argv": argv}
+
+
+def measure_loss(args, device: str) -> list[dict]:
+    """(d): forward + backward of the loss alone on PSPNet-sized logits; peak memory above them."""
+    from lightning_modules.segmentation import segmentation_loss
+
+    gpu = device == "cuda"
+    n, c, size = (2, 150, 48) if args.tiny or not gpu else (16, 150, 473)
+    dtype = torch.bfloat16 if gpu else torch.float32
+    results = []
+    for name, fn in (("F.cross_entropy(logits.float())",
+                      lambda z, t: torch.nn.functional.cross_entropy(z.float(), t, ignore_index=255)),
+                     ("segmentation_loss (ours)", segmentation_loss)):
+        torch.manual_seed(0)
+        logits = torch.randn(n, c, size, size, device=device, dtype=dtype, requires_grad=True)
+        target = torch.randint(0, c, (n, size, size), device=device)
+        times = []
+        for _ in range(1 if args.tiny else 5):
+            logits.grad = None
+            if gpu:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            t0 = time.perf_counter()
+            fn(logits, target).backward()
+            if gpu:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        row = {"loss": name, "logits": f"{n}x{c}x{size}x{size} {str(dtype).replace('torch.', '')}",
+               "logits_gib": logits.numel() * logits.element_size() / 2**30,
+               "ms": 1e3 * sorted(times)[len(times) // 2]}
+        if gpu:
+            row["peak_above_logits_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
+        results.append(row)
+        del logits, target
+    return results
+
+
 def export_datasets(tmp: Path, args) -> dict[str, Path]:
     from datamodules.synthetic import export_synthetic
 
@@ -173,20 +308,56 @@ def export_datasets(tmp: Path, args) -> dict[str, Path]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| configuration | batch × crop | warm-up s | step ms (median) | train img/s | "
-             "peak GiB | loader img/s (workers) | note |", "|---" * 8 + "|"]
+    lines = ["| configuration | batch × crop | warm-up s | step ms (median) | bare img/s | "
+             "peak GiB | loader img/s (workers) | runner img/s | runner / bare | runner warm-up s "
+             "| note |", "|---" * 11 + "|"]
     for r in rows:
-        s, ld = r["step"], r.get("loader") or {}
+        s, ld, rn = r["step"], r.get("loader") or {}, r.get("runner") or {}
         step = (f"{s['warmup_s']:.1f} | {1e3 * s['step_s']:.0f} | {s['images_per_s']:.1f}"
                 if "step_s" in s else "– | – | –")
         peak = f"{s['peak_memory_gib']:.1f}" if "peak_memory_gib" in s else "–"
         loader = f"{ld['images_per_s']:.0f} ({ld['workers']})" if ld else "–"
-        note = s.get("note", "")
+        runner = "– | – | –"
+        if rn.get("images_per_s"):
+            ratio = f"{100 * rn['images_per_s'] / s['images_per_s']:.0f}%" if "images_per_s" in s else "–"
+            warm = f"{rn['warmup_s']:.1f}" if rn.get("warmup_s") is not None else "–"
+            runner = f"{rn['images_per_s']:.1f} | {ratio} | {warm}"
+        notes = [n for n in (s.get("note"), rn.get("note")) if n]
         if ld and "images_per_s" in s and ld["images_per_s"] < s["images_per_s"]:
-            note = (note + "; " if note else "") + "loader-bound"
+            notes.append("loader-bound")
         lines.append(f"| {r['title']} | {s['batch']} × {s['crop']} | {step} | {peak} | {loader} "
-                     f"| {note} |")
+                     f"| {runner} | {'; '.join(notes)} |")
     return "\n".join(lines)
+
+
+def loss_table(rows: list[dict]) -> str:
+    lines = ["| loss | logits | logits GiB | forward + backward ms | peak above the logits GiB |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        peak = f"{r['peak_above_logits_gib']:.2f}" if "peak_above_logits_gib" in r else "–"
+        lines.append(f"| {r['loss']} | {r['logits']} | {r['logits_gib']:.2f} | {r['ms']:.1f} | {peak} |")
+    return "\n".join(lines)
+
+
+class _synthetic_cache:
+    """``SEGABL_CACHE`` pointed at ``path`` for the runner's synthetic rows (U-Net), then restored."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.old = path, None
+
+    def __enter__(self):
+        import os
+
+        self.old = os.environ.get("SEGABL_CACHE")
+        os.environ["SEGABL_CACHE"] = self.path
+
+    def __exit__(self, *exc):
+        import os
+
+        if self.old is None:
+            os.environ.pop("SEGABL_CACHE", None)
+        else:
+            os.environ["SEGABL_CACHE"] = self.old
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, help="loader workers (default: the datamodules' own; "
                                                "--tiny 1)")
     p.add_argument("--no-loader", action="store_true", help="skip part (b)")
+    p.add_argument("--no-runner", action="store_true", help="skip part (c)")
+    p.add_argument("--runner-steps", type=int, help="(c): steps after the 3 warm-up steps (default 30; --tiny 2)")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     tiny = args.tiny
@@ -209,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 3)
     args.width = args.width or (1 / 16 if tiny else 1.0)
     args.n_images = args.n_images or (6 if tiny else 64)
+    args.runner_steps = args.runner_steps or (2 if tiny else 30)
     if tiny and args.workers is None:
         args.workers = 1
     args.configs = [c for c in CONFIGS if not args.only or c.key in args.only]
@@ -216,26 +390,42 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
     started = time.perf_counter()
     device_name = (torch.cuda.get_device_name() if args.device == "cuda" else "cpu")
-    rows = []
+    rows, loss_rows = [], []
+
+    def save() -> None:  # after every measurement: a run cut short keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "device": device_name,
+                                             "tiny": tiny, "width": args.width, "rows": rows,
+                                             "loss": loss_rows, "runner_steps": args.runner_steps,
+                                             "seconds": time.perf_counter() - started}, indent=1))
+
     for cfg in args.configs:
         t0 = time.perf_counter()
         rows.append({"key": cfg.key, "title": cfg.title, "config": asdict(cfg),
                      "step": measure_step(cfg, args, args.device)})
         print(f"{cfg.key}: step measured in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    if not args.no_loader:
+        save()
+    loss_rows += measure_loss(args, args.device)
+    save()
+    if not (args.no_loader and args.no_runner):
         with tempfile.TemporaryDirectory() as tmp:
             roots, cache = export_datasets(Path(tmp), args), {}
             with tempfile.TemporaryDirectory() as args.synthetic_cache:  # U-Net row: built here
                 for row, cfg in zip(rows, args.configs, strict=True):
-                    row["loader"] = measure_loader(cfg, args, roots, cache)
+                    if not args.no_loader:
+                        row["loader"] = measure_loader(cfg, args, roots, cache)
+                    if not args.no_runner and cfg.runner is not None:
+                        t0 = time.perf_counter()
+                        with _synthetic_cache(args.synthetic_cache):
+                            row["runner"] = measure_runner(cfg, args, roots, Path(tmp))
+                        print(f"{cfg.key}: runner measured in {time.perf_counter() - t0:.1f}s",
+                              file=sys.stderr)
+                    save()
     header = (f"Machine: {machine()}; device {device_name}; width {args.width:g}; "
-              f"{args.warmup} warm-up + median of {args.steps} steps; "
-              f"{time.perf_counter() - started:.0f}s in all")
-    print(header + "\n\n" + table(rows))
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "device": device_name,
-                                         "tiny": tiny, "width": args.width, "rows": rows,
-                                         "seconds": time.perf_counter() - started}, indent=1))
+              f"{args.warmup} warm-up + median of {args.steps} steps (bare); runner "
+              f"{args.runner_steps} steps after 3 warm-up; {time.perf_counter() - started:.0f}s in all")
+    print(header + "\n\n" + table(rows) + "\n\n" + loss_table(loss_rows))
+    save()
     return 0
 
 

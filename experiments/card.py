@@ -143,7 +143,11 @@ def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
     if recipe.eval.mode == "semseg" and run.data != "synthetic" and data.val_batch_size != 1:
         raise RecipeError("eval.mode='semseg' resizes each image by its long side: it needs data.val_batch_size=1 "
                           f"(a batch of real images is padded to one size), got {data.val_batch_size}")
-    trainer = dataclasses.replace(recipe.trainer, precision=resolve_precision(recipe.trainer.precision, run.accelerator))
+    precision = resolve_precision(recipe.trainer.precision, run.accelerator)
+    trainer = dataclasses.replace(recipe.trainer, precision=precision,
+                                  channels_last=resolve_channels_last(recipe.trainer.channels_last, precision,
+                                                                      run.accelerator))
+    data = dataclasses.replace(data, num_workers=resolve_workers(data.num_workers, run.accelerator))
     recipe = dataclasses.replace(recipe, data=data, trainer=trainer,
                                  eval=dataclasses.replace(recipe.eval, window=window, base_size=base_size))
     depth = len(init_chain(ablation, variant_name, run))
@@ -185,6 +189,38 @@ def resolve_precision(precision: str, accelerator: str, cuda: bool | None = None
     if on_gpu and (torch.cuda.is_bf16_supported() if bf16 is None else bf16):
         return "bf16-mixed"
     return "32-true"
+
+
+def resolve_workers(num_workers: int | None, accelerator: str, cuda: bool | None = None,
+                    cpus: int | None = None) -> int:
+    """``None`` (auto, the smoke preset): 0 on a CPU run (the loader shares the cores with the
+    model step; measured in BENCHMARKS.md), on a GPU min(4, usable cores - 1) persistent workers
+    so the GPU does not wait for the main process. A number is kept."""
+    if num_workers is not None:
+        return num_workers
+    import os
+
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cpus - 1)) if on_gpu else 0
+
+
+def resolve_channels_last(channels_last: bool | None, precision: str, accelerator: str,
+                          cuda: bool | None = None) -> bool:
+    """``None`` (auto): True for mixed precision on a GPU, where cuDNN's tensor-core kernels run
+    NHWC (the bf16 + channels_last figures of BENCHMARKS.md), False elsewhere (on CPUs the smoke
+    tables stay in the layout they were generated in). An explicit True/False is kept."""
+    if channels_last is not None:
+        return channels_last
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+    return on_gpu and precision in ("bf16-mixed", "16-mixed")
 
 
 def batch_advice(global_batch: int, world: int, accumulate: int) -> str:

@@ -86,6 +86,22 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+def cuda_flags(deterministic: bool, accelerator: str, cuda: bool | None = None) -> tuple[bool | str, bool | None]:
+    """Lightning's ``deterministic`` and ``benchmark`` for this cell.
+
+    On a GPU, ``deterministic=True`` becomes ``"warn"``: CUDA has no deterministic backward for
+    bilinear ``interpolate`` or adaptive average pooling (every model here uses one), and
+    ``torch.use_deterministic_algorithms(True)`` would raise there; with ``"warn"`` every op that
+    has a deterministic kernel uses it and the others warn. Otherwise cuDNN autotuning is on
+    (``benchmark=True``: the training crop is fixed, so each layer's fastest kernel is chosen
+    once, in the warm-up steps); Lightning would leave it off. CPUs: unchanged."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+    if not on_gpu:
+        return deterministic, None
+    return ("warn", False) if deterministic else (False, True)
+
+
 def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_datamodule,
              wandb_project: str | None, verbose: bool = True,
              progress: tuple[SweepClock, int] | None = None) -> dict[str, Any] | None:
@@ -156,6 +172,7 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
     sync_bn = tr.sync_batchnorm and world > 1 and recipe.optim.bn == "trained"
     sync_count = SyncBatchNormCount()
     sync_plugin = SyncBatchNormPlugin()
+    deterministic, benchmark = cuda_flags(tr.deterministic, run.accelerator)
     trainer = ResultsTrainer(
         accelerator=run.accelerator, devices=run.devices, num_nodes=run.num_nodes,
         # "ddp", never "ddp_spawn": the spawn launcher's metric state double-counts on CPU
@@ -168,7 +185,7 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         callbacks=[last_ckpt, best_ckpt, throughput, RNGState(), sync_count,
                    *progress_callbacks(*(progress or (SweepClock([tr.max_steps]), 0)),
                                        f"{card['variant']} seed{seed}", verbose)], logger=loggers,
-        default_root_dir=run_dir, deterministic=tr.deterministic, log_every_n_steps=tr.log_every,
+        default_root_dir=run_dir, deterministic=deterministic, benchmark=benchmark, log_every_n_steps=tr.log_every,
         enable_progress_bar=verbose, enable_model_summary=False,
     )
     sync_plugin.cpu = isinstance(trainer.accelerator, CPUAccelerator)
@@ -213,7 +230,8 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         "crf": recipe.eval.crf,
         "params": sum(p.numel() for p in model.parameters()),
         "gflops": count_gflops(model, *eval_size) if eval_size else None, "eval_size": eval_size,
-        "train_images_per_s": throughput.images_per_second(),
+        "train_images_per_s": throughput.images_per_second(),  # steady state: after the warm-up steps
+        "train_warmup_s": throughput.warmup_seconds, "train_warmup_steps": throughput.warmup,
         "global_batch": global_batch, "world_size": world, "sync_batchnorm_layers": sync_count.layers,
         "steps": trainer.global_step, "train_time_s": round(time.time() - started, 1),
         "train_size": getattr(datamodule, "train_size", None),

@@ -55,7 +55,7 @@ class Data:
     scale_range: tuple[float, float] = (1.0, 1.0)
     scale_step: float | None = None     # None: continuous factors; else the grid low:step:high
     augment: str = "flip"               # none | flip | deeplab | pspnet | unet (datamodules.transforms)
-    num_workers: int = 8
+    num_workers: int | None = 8         # per process; None = auto (experiments.card.resolve_workers)
     image_size: int | None = None       # synthetic data only: image side (None: the task's)
     num_train: int | None = None        # synthetic data only (None: the task's default)
     num_val: int | None = None
@@ -96,7 +96,9 @@ class Trainer:
     deterministic: bool = False
     accumulate: int = 1
     sync_batchnorm: bool = True         # SyncBatchNorm when world size > 1
-    channels_last: bool = False
+    # None = auto: channels_last where the precision resolves to mixed precision on a GPU (tensor
+    # cores want NHWC), off elsewhere (experiments.card.resolve_channels_last)
+    channels_last: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -384,7 +386,9 @@ SMOKE: dict[str, Any] = {
     "seeds": (0, 1, 2),  # three seeds: the claims tables need a between-seed spread
     "data": {"train_split": None, "val_split": None, "crop_size": None, "global_batch": 8,
              "val_batch_size": 16, "scale_range": (1.0, 1.0), "scale_step": None, "augment": "flip",
-             "num_workers": 0},
+             # auto: none on a CPU (two workers on two cores take the model step's cores), a few on a
+             # GPU host, where the main process alone cannot feed the GPU (BENCHMARKS.md)
+             "num_workers": None},
     "optim": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "lr_schedule": "poly",
               "poly_power": 0.9, "lr_steps": (), "warmup_steps": 20, "head_lr_mult": 1.0,
               "bias_lr_mult": 1.0, "bn": "trained", "bn_momentum": None},

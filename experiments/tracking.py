@@ -115,16 +115,24 @@ class Throughput(L.Callback):
     and any interval that contained a validation run or a checkpoint.
     """
 
-    def __init__(self, warmup: int = 3) -> None:
+    def __init__(self, warmup: int = 3, clock=time.perf_counter) -> None:
         self.warmup = warmup
+        self.clock = clock
         self.images = 0
         self.seconds = 0.0
         self.steps = 0
         self.last: float | None = None
+        self.started: float | None = None
+        self.warmup_seconds: float | None = None  # train start to the end of the warm-up steps
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started = self.clock()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         self.steps += 1
+        if self.steps == self.warmup and self.started is not None:
+            self.warmup_seconds = now - self.started
         if self.last is not None and self.steps > self.warmup:
             self.seconds += now - self.last
             self.images += len(batch[0]) * trainer.world_size  # a tensor or a list of images (Mask R-CNN)

@@ -60,6 +60,7 @@ def per_image_counts(metrics: MetricCollection) -> dict[str, np.ndarray] | None:
     unknown or repeated. Raises if the rows do not add up to the confusion matrices."""
     parts = dict(metrics.items(keep_base=True))
     index, counts = (t.cpu() for t in parts["per_image"].compute())
+    index = index.reshape(-1)  # torchmetrics' compute() squeezes one element to 0-d: one image
     if len(index) == 0:
         return None
     if (index < 0).any() or len(index.unique()) != len(index):

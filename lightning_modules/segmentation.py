@@ -53,11 +53,59 @@ from lightning_modules.optim import lr_factor  # noqa: F401  (the schedule, impo
 LOGGED = ("miou", "pixel_acc", "mean_acc", "fwiou", "trimap_miou", "checkerboard")
 
 
+class LowPrecisionCrossEntropy(torch.autograd.Function):
+    """Per-pixel cross-entropy of bf16/fp16 logits, computed in fp32 one image at a time.
+
+    ``F.cross_entropy(logits.float())`` on N×C×H×W half-precision logits makes an fp32 copy of the
+    logits, keeps the fp32 log-softmax for the backward pass and, in it, makes two more fp32
+    tensors of that size (the gradients of the log-softmax and of its input) before casting back.
+    For PSPNet's loss on ADE20K (16×150×473×473 logits, a main and an auxiliary head) each such
+    copy is 2.1 GiB. This function keeps only the half-precision logits (which the model made
+    anyway) and the per-pixel log-sum-exp; the fp32 work happens per image, and the gradient is
+    written straight into a half-precision tensor. Same result as the reference to fp32 rounding
+    (``tests/test_losses.py``), measured in ``benchmarks/gpu_train.py``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+        losses = torch.empty(target.shape, dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(losses)
+        valid = target != ignore_index
+        safe = target.masked_fill(~valid, 0).long()
+        for i in range(logits.shape[0]):
+            x = logits[i].float()
+            lse[i] = torch.logsumexp(x, dim=0)
+            picked = x.gather(0, safe[i].unsqueeze(0)).squeeze(0)
+            losses[i] = (lse[i] - picked).masked_fill(~valid[i], 0.0)
+        ctx.save_for_backward(logits, safe, valid, lse)
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses: torch.Tensor):
+        logits, safe, valid, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        scale = (grad_losses.float() * valid)
+        for i in range(logits.shape[0]):
+            p = (logits[i].float() - lse[i]).exp_()      # softmax
+            p.scatter_add_(0, safe[i].unsqueeze(0), -torch.ones_like(lse[i]).unsqueeze(0))
+            grad[i] = p.mul_(scale[i])
+        return grad, None, None
+
+
+def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-pixel cross-entropy in fp32, 0 at ignored (255) pixels. fp32 logits take
+    ``F.cross_entropy`` (the CPU smoke tables were made with it); half-precision logits take
+    :class:`LowPrecisionCrossEntropy`, which avoids the fp32 copies."""
+    if logits.dtype in (torch.bfloat16, torch.float16) and logits.requires_grad:
+        return LowPrecisionCrossEntropy.apply(logits, target, IGNORE_INDEX)
+    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+
+
 def segmentation_loss(
     logits: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean cross-entropy over labelled (non-255) pixels; 0 (with a graph) if there are none."""
-    losses = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+    losses = pixel_cross_entropy(logits, target)
     valid = target != IGNORE_INDEX
     if pixel_weight is not None:
         losses = losses * pixel_weight

@@ -1,6 +1,7 @@
 """Sweep progress and ETAs on a fake clock."""
 
 import pytest
+import torch
 
 from experiments.progress import SweepClock, format_duration
 
@@ -51,3 +52,28 @@ def test_a_resumed_cell_counts_its_remaining_steps_and_later_cells_use_the_mean_
 
 def test_format_duration():
     assert [format_duration(s) for s in (None, 5.2, 65, 3700)] == ["?", "5s", "1m05s", "1h01m"]
+
+
+def test_throughput_reports_the_steady_state_and_the_warm_up_separately():
+    from types import SimpleNamespace
+
+    from experiments.tracking import Throughput
+
+    now = [100.0]
+    meter = Throughput(warmup=2, clock=lambda: now[0])
+    trainer = SimpleNamespace(world_size=2)
+    batch = (torch.zeros(4, 3, 8, 8), None)
+    meter.on_train_start(trainer, None)
+    for dt in (5.0, 3.0):                      # warm-up: start-up, autotuning
+        now[0] += dt
+        meter.on_train_batch_end(trainer, None, None, batch, 0)
+    for _ in range(4):                        # steady state: 0.5 s per step
+        now[0] += 0.5
+        meter.on_train_batch_end(trainer, None, None, batch, 0)
+    meter.on_validation_start(trainer, None)  # the interval with the validation is not counted
+    now[0] += 30.0
+    meter.on_train_batch_end(trainer, None, None, batch, 0)
+    now[0] += 0.5
+    meter.on_train_batch_end(trainer, None, None, batch, 0)
+    assert meter.warmup_seconds == 8.0
+    assert meter.images_per_second() == pytest.approx(5 * 8 / 2.5)  # 4 images x 2 processes per 0.5 s

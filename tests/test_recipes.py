@@ -259,9 +259,38 @@ def test_paper_preset_card_records_the_resolved_precision(capsys, monkeypatch):
     (card,) = cards(capsys, TINY, "--data", "voc", "--data-root", "/x", "--variant", "r50", "--seed", "0",
                     "--precision", "32-true")
     assert card["precision"] == "32-true" and card["tf32"] is False
+    (card,) = cards(capsys, TINY, "--data", "voc", "--data-root", "/x", "--variant", "r50", "--seed", "0")
+    assert card["channels_last"] is True                     # auto: NHWC with mixed precision on a GPU
+    (card,) = cards(capsys, TINY, "--data", "voc", "--data-root", "/x", "--variant", "r50", "--seed", "0",
+                    "--set", "trainer.channels_last=false")
+    assert card["channels_last"] is False and card["precision"] == "bf16-mixed"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     (card,) = cards(capsys, TINY, "--data", "voc", "--data-root", "/x", "--variant", "r50", "--seed", "0")
-    assert card["precision"] == "32-true"
+    assert card["precision"] == "32-true" and card["channels_last"] is False
+
+
+@pytest.mark.parametrize("setting,precision,accelerator,cuda,expected", [
+    (None, "bf16-mixed", "auto", True, True), (None, "16-mixed", "gpu", True, True),
+    (None, "32-true", "auto", True, False), (None, "bf16-mixed", "cpu", False, False),
+    (None, "32-true", "auto", False, False), (True, "32-true", "cpu", False, True),
+    (False, "bf16-mixed", "gpu", True, False),
+])
+def test_channels_last_auto_is_on_for_mixed_precision_on_gpus_only(setting, precision, accelerator, cuda, expected):
+    from experiments.card import resolve_channels_last
+
+    assert resolve_channels_last(setting, precision, accelerator, cuda=cuda) is expected
+
+
+@pytest.mark.parametrize("deterministic,accelerator,cuda,expected", [
+    (True, "cpu", False, (True, None)), (False, "cpu", True, (False, None)), (True, "auto", False, (True, None)),
+    # GPU: CUDA's bilinear-interpolation backward has no deterministic kernel, so "warn" not raise;
+    # otherwise cuDNN autotuning (fixed training crops)
+    (True, "auto", True, ("warn", False)), (False, "gpu", True, (False, True)), (False, "auto", True, (False, True)),
+])
+def test_cuda_flags_on_a_fake_gpu_and_on_cpus(deterministic, accelerator, cuda, expected):
+    from experiments.cell import cuda_flags
+
+    assert cuda_flags(deterministic, accelerator, cuda=cuda) == expected
 
 
 def test_the_smoke_vgg_rule_reaches_builders_that_forward_their_arguments(capsys):
@@ -299,3 +328,19 @@ def test_a_recipe_written_as_dataclasses_is_checked_too(capsys):
     with pytest.raises(SystemExit):
         main(bad, ["--dry-run"])
     assert "data.global_batch: expected a positive value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting,accelerator,cuda,cpus,expected", [
+    (None, "auto", False, 2, 0), (None, "cpu", True, 16, 0),       # CPU runs: the main process
+    (None, "auto", True, 16, 4), (None, "gpu", True, 2, 1), (None, "gpu", True, 1, 0),
+    (8, "cpu", False, 2, 8), (0, "gpu", True, 16, 0),               # an explicit number is kept
+])
+def test_auto_workers_are_none_on_cpus_and_a_few_on_gpu_hosts(setting, accelerator, cuda, cpus, expected):
+    from experiments.card import resolve_workers
+
+    assert resolve_workers(setting, accelerator, cuda=cuda, cpus=cpus) == expected
+
+
+def test_smoke_card_on_a_cpu_keeps_the_main_process_loader(capsys):
+    for card in cards(capsys, TINY, "--seeds", "0"):
+        assert card["num_workers"] == 0 and card["channels_last"] is False and card["precision"] == "32-true"

@@ -340,6 +340,19 @@ def test_module_per_image_counts_give_its_metrics_exactly(tmp_path):
     assert not np.array_equal(module.last_per_image["val"]["pred"], module.last_per_image["val_crf"]["pred"])
 
 
+def test_a_single_evaluated_image_gives_one_row(tmp_path):
+    """torchmetrics squeezes a one-element result to 0-d; one validation image is still a row."""
+    from lightning_modules.segmentation import SegmentationModule
+    from tests.test_segmentation_module import Toy, toy_loader, trainer
+
+    module = SegmentationModule(Toy(), 3, trimap_width=1)
+    trainer(tmp_path, 1).validate(module, toy_loader(n=1, size=16), verbose=False)
+    rows = module.last_per_image["val"]
+    assert rows["index"].tolist() == [0] and rows["tp"].shape == (1, 3)
+    assert stats.exact_metric(rows["tp"].sum(0), rows["label"].sum(0), rows["pred"].sum(0), "miou") \
+        == module.last_metrics["val"]["miou"]
+
+
 def test_seeds_that_disagree_make_the_interval_wide():
     """Training variance is in the interval: seed 0 says B is much better, seed 1 that it is a
     little worse, each on every image. The seed-averaged delta is positive and every image agrees,
