@@ -10,7 +10,7 @@ configuration that runs out of memory is skipped with a note.
 (b) Items of the synthetic ``multiscale`` task exported (``export_synthetic``) in the real VOC
 2012 or ADE20K layout at about the papers' image sizes (500 / 512 px squares; JPEG + PNG), read
 by the real ``VOCDataModule`` / ``ADE20KDataModule`` with the paper's augmentation, crop and
-batch and the datamodules' default workers (``--workers`` to change). U-Net has no real dataset
+batch and the paper preset's workers (auto: ``experiments.card.resolve_workers``; ``--workers`` to change). U-Net has no real dataset
 here: its row reads the ``touching`` task through ``SyntheticDataModule`` at 572 px, the
 array-backed path its ablation uses. Images/s after the first batch (worker start-up,
 reported). If the loader is slower than the step, the GPU waits for data.
@@ -205,6 +205,10 @@ def measure_loader(cfg: Config, args, roots: dict[str, Path], cache: dict) -> di
                   augment=cfg.augment, seed=0)
     if args.workers is not None:
         kwargs["num_workers"] = args.workers
+    else:  # what the paper preset's runner uses here (auto: a core per worker, one kept)
+        from experiments.card import resolve_workers
+
+        kwargs["num_workers"] = resolve_workers(None, args.device, "paper")
     if cfg.layout == "voc":
         from datamodules.voc import VOCDataModule
 
@@ -369,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="timed steps (default 10; --tiny 2)")
     p.add_argument("--warmup", type=int, help="warm-up steps (default 3; --tiny 1)")
     p.add_argument("--width", type=float, help="model width (default 1; --tiny 1/16)")
-    p.add_argument("--n-images", type=int, help="exported images per layout (default 64; --tiny 6)")
+    p.add_argument("--n-images", type=int, help="exported images per layout (default 640; --tiny 6)")
     p.add_argument("--workers", type=int, help="loader workers (default: the datamodules' own; "
                                                "--tiny 1)")
     p.add_argument("--no-loader", action="store_true", help="skip part (b)")
@@ -381,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     args.steps = args.steps or (2 if tiny else 10)
     args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 3)
     args.width = args.width or (1 / 16 if tiny else 1.0)
-    args.n_images = args.n_images or (6 if tiny else 64)
+    # 640: the runner's measured steps stay inside one epoch (at 64 images an epoch was 4 steps,
+    # and each epoch's start drained the workers' prefetch queue: a cost real data pays every
+    # 661 steps, not every 4)
+    args.n_images = args.n_images or (6 if tiny else 640)
     args.runner_steps = args.runner_steps or (2 if tiny else 30)
     if tiny and args.workers is None:
         args.workers = 1

@@ -147,7 +147,8 @@ def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
     trainer = dataclasses.replace(recipe.trainer, precision=precision,
                                   channels_last=resolve_channels_last(recipe.trainer.channels_last, precision,
                                                                       run.accelerator))
-    data = dataclasses.replace(data, num_workers=resolve_workers(data.num_workers, run.accelerator))
+    data = dataclasses.replace(data, num_workers=resolve_workers(data.num_workers, run.accelerator, run.preset,
+                                                                 run.devices))
     recipe = dataclasses.replace(recipe, data=data, trainer=trainer,
                                  eval=dataclasses.replace(recipe.eval, window=window, base_size=base_size))
     depth = len(init_chain(ablation, variant_name, run))
@@ -191,11 +192,15 @@ def resolve_precision(precision: str, accelerator: str, cuda: bool | None = None
     return "32-true"
 
 
-def resolve_workers(num_workers: int | None, accelerator: str, cuda: bool | None = None,
-                    cpus: int | None = None) -> int:
-    """``None`` (auto, the smoke preset): 0 on a CPU run (the loader shares the cores with the
-    model step; measured in BENCHMARKS.md), on a GPU min(4, usable cores - 1) persistent workers
-    so the GPU does not wait for the main process. A number is kept."""
+def resolve_workers(num_workers: int | None, accelerator: str, preset: str = "paper", devices: int = 1,
+                    cuda: bool | None = None, cpus: int | None = None) -> int:
+    """Loader workers per process for ``None`` (auto); a number is kept.
+
+    The paper preset: every core but one of this process's share of the node (usable cores //
+    processes on the node − 1, at most 16): the augmentation of the paper recipes costs 6–20 ms
+    per image per worker, and a GPU step of LargeFOV eats 700 images/s (BENCHMARKS.md). The
+    smoke preset serves arrays (``datamodules/synthetic/cache.py``): none on a CPU (workers take
+    the cores the model step needs; measured in BENCHMARKS.md), up to 4 on a GPU host."""
     if num_workers is not None:
         return num_workers
     import os
@@ -206,7 +211,10 @@ def resolve_workers(num_workers: int | None, accelerator: str, cuda: bool | None
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(4, cpus - 1)) if on_gpu else 0
+    share = max(1, cpus // max(1, devices)) - 1
+    if preset == "smoke":
+        return max(0, min(4, share)) if on_gpu else 0
+    return max(0, min(16, share))
 
 
 def resolve_channels_last(channels_last: bool | None, precision: str, accelerator: str,

@@ -55,7 +55,7 @@ class Data:
     scale_range: tuple[float, float] = (1.0, 1.0)
     scale_step: float | None = None     # None: continuous factors; else the grid low:step:high
     augment: str = "flip"               # none | flip | deeplab | pspnet | unet (datamodules.transforms)
-    num_workers: int | None = 8         # per process; None = auto (experiments.card.resolve_workers)
+    num_workers: int | None = None      # per process; None = auto (experiments.card.resolve_workers)
     image_size: int | None = None       # synthetic data only: image side (None: the task's)
     num_train: int | None = None        # synthetic data only (None: the task's default)
     num_val: int | None = None

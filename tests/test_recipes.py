@@ -330,15 +330,17 @@ def test_a_recipe_written_as_dataclasses_is_checked_too(capsys):
     assert "data.global_batch: expected a positive value" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("setting,accelerator,cuda,cpus,expected", [
-    (None, "auto", False, 2, 0), (None, "cpu", True, 16, 0),       # CPU runs: the main process
-    (None, "auto", True, 16, 4), (None, "gpu", True, 2, 1), (None, "gpu", True, 1, 0),
-    (8, "cpu", False, 2, 8), (0, "gpu", True, 16, 0),               # an explicit number is kept
+@pytest.mark.parametrize("setting,accelerator,preset,devices,cuda,cpus,expected", [
+    (None, "auto", "smoke", 1, False, 2, 0), (None, "cpu", "smoke", 1, True, 16, 0),  # CPU: the main process
+    (None, "auto", "smoke", 1, True, 16, 4), (None, "gpu", "smoke", 1, True, 2, 1), (None, "gpu", "smoke", 1, True, 1, 0),
+    (None, "auto", "paper", 1, True, 16, 15), (None, "gpu", "paper", 8, True, 64, 7),   # a core per process kept
+    (None, "gpu", "paper", 1, True, 96, 16), (None, "cpu", "paper", 1, False, 2, 1),
+    (8, "cpu", "smoke", 1, False, 2, 8), (0, "gpu", "paper", 1, True, 16, 0),          # a number is kept
 ])
-def test_auto_workers_are_none_on_cpus_and_a_few_on_gpu_hosts(setting, accelerator, cuda, cpus, expected):
+def test_auto_workers(setting, accelerator, preset, devices, cuda, cpus, expected):
     from experiments.card import resolve_workers
 
-    assert resolve_workers(setting, accelerator, cuda=cuda, cpus=cpus) == expected
+    assert resolve_workers(setting, accelerator, preset, devices, cuda=cuda, cpus=cpus) == expected
 
 
 def test_smoke_card_on_a_cpu_keeps_the_main_process_loader(capsys):
