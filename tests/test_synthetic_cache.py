@@ -179,10 +179,26 @@ def test_gpu_train_benchmark_tiny_runs_on_the_cpu_and_writes_one_row_per_configu
 
     out = tmp_path / "tiny.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_train.py"), "--tiny",
-                           "--device", "cpu", "--json", str(out)], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def bench(*extra: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_train.py"), "--tiny",
+                               "--device", "cpu", "--json", str(out), *extra], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=420)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    # (c), the real runner, on two configurations: a VOC-layout one and the synthetic U-Net
+    bench("--only", "deeplab_largefov", "unet", "--no-loader", "--runner-steps", "2")
+    runs = json.loads(out.read_text())
+    for row in runs["rows"]:
+        runner = row["runner"]
+        assert runner["images_per_s"] > 0 and runner["warmup_s"] > 0 and runner["steps"] == 5, runner
+        assert runner["precision"] == "32-true" and runner["channels_last"] is False
+        assert "--preset" in runner["argv"] and row["step"]["model"] == {
+            "deeplab_largefov": "deeplab_largefov", "unet": "unet"}[row["key"]]
+    assert [r["loss"] for r in runs["loss"]] == ["F.cross_entropy(logits.float())", "segmentation_loss (ours)"]
+    # (a), (b) and (d) on every configuration
+    proc = bench("--no-runner")
     result = json.loads(out.read_text())
     assert [r["key"] for r in result["rows"]] == [c.key for c in CONFIGS]
     for row in result["rows"]:
