@@ -113,9 +113,12 @@ class _Timing(L.Callback):
 class StepProgressBar(TQDMProgressBar):
     """tqdm bar over the cell's optimiser steps, ``step n/max_steps``, ETAs in the postfix."""
 
-    def __init__(self, sweep: SweepClock, label: str) -> None:
+    def __init__(self, sweep: SweepClock, label: str, postfix_every_s: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.sweep, self.label = sweep, label
+        self.postfix_every_s, self.clock = postfix_every_s, clock
+        self._next_postfix: float | None = None
 
     def on_train_epoch_start(self, trainer, *_) -> None:
         bar = self.train_progress_bar
@@ -124,10 +127,18 @@ class StepProgressBar(TQDMProgressBar):
             bar.n = trainer.global_step
             bar.set_description(f"{self.label} [cell {self.sweep.cell + 1}/{len(self.sweep.steps)}]")
 
-    def _postfix(self, trainer, pl_module) -> None:
+    def _postfix(self, trainer, pl_module, force: bool = False) -> None:
+        """The step count every step (tqdm redraws at most every 0.1 s); the metrics and ETAs at
+        most every ``postfix_every_s``: reading the logged loss for the bar is a ``.item()``,
+        which on a GPU waits for the step to finish, and doing it every step kept the host from
+        queueing the next step while the GPU ran this one."""
         bar = self.train_progress_bar
-        if bar is not None and not bar.disable:
-            bar.n = trainer.global_step
+        if bar is None or bar.disable:
+            return
+        bar.update(trainer.global_step - bar.n)
+        now = self.clock()
+        if force or self._next_postfix is None or now >= self._next_postfix:
+            self._next_postfix = now + self.postfix_every_s
             bar.set_postfix({**self.get_metrics(trainer, pl_module),
                              "ETA cell": format_duration(self.sweep.cell_eta()),
                              "sweep": format_duration(self.sweep.sweep_eta())}, refresh=True)
@@ -136,7 +147,7 @@ class StepProgressBar(TQDMProgressBar):
         self._postfix(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._postfix(trainer, pl_module)
+        self._postfix(trainer, pl_module, force=True)
 
 
 class ProgressLog(L.Callback):

@@ -92,11 +92,18 @@ class LowPrecisionCrossEntropy(torch.autograd.Function):
         return grad, None, None
 
 
-def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+LOW_PRECISION_LOSS_MIN_BYTES = 2**28  # an fp32 copy of the logits of at least 256 MiB
+
+
+def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                        min_bytes: int = LOW_PRECISION_LOSS_MIN_BYTES) -> torch.Tensor:
     """Per-pixel cross-entropy in fp32, 0 at ignored (255) pixels. fp32 logits take
-    ``F.cross_entropy`` (the CPU smoke tables were made with it); half-precision logits take
-    :class:`LowPrecisionCrossEntropy`, which avoids the fp32 copies."""
-    if logits.dtype in (torch.bfloat16, torch.float16) and logits.requires_grad:
+    ``F.cross_entropy`` (the CPU smoke tables were made with it), and so do small half-precision
+    ones (the per-image loop costs kernel launches, and the copies it avoids are small); large
+    half-precision logits (an fp32 copy of ``min_bytes`` or more: PSPNet's 2.1 GiB on ADE20K,
+    DeepLab v3's 0.35 GiB) take :class:`LowPrecisionCrossEntropy`, which avoids the fp32 copies."""
+    if (logits.dtype in (torch.bfloat16, torch.float16) and logits.requires_grad
+            and logits.numel() * 4 >= min_bytes):
         return LowPrecisionCrossEntropy.apply(logits, target, IGNORE_INDEX)
     return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
 

@@ -39,7 +39,23 @@ def test_losses_and_gradients_match_the_fp32_reference(dtype):
     assert ours_in.grad.abs().sum() > 0
 
 
-def test_segmentation_loss_takes_it_for_half_logits_and_agrees():
+def test_large_half_logits_take_it_small_ones_and_fp32_do_not(monkeypatch):
+    calls = []
+    real = LowPrecisionCrossEntropy.apply
+    monkeypatch.setattr(LowPrecisionCrossEntropy, "apply", lambda *a: calls.append(1) or real(*a))
+    logits, target = _inputs(torch.bfloat16)            # 3x7x9x11: 8 KiB as fp32
+    pixel_cross_entropy(logits.clone().requires_grad_(), target)
+    assert not calls                                    # small: torch's cross-entropy
+    pixel_cross_entropy(logits.clone().requires_grad_(), target, min_bytes=logits.numel() * 4)
+    assert len(calls) == 1
+    pixel_cross_entropy(logits.float().requires_grad_(), target, min_bytes=0)
+    assert len(calls) == 1                              # fp32 logits never
+
+
+def test_segmentation_loss_agrees_for_half_logits(monkeypatch):
+    import lightning_modules.segmentation as seg
+
+    monkeypatch.setattr(seg.pixel_cross_entropy, "__defaults__", (0,))  # every size takes it
     logits, target = _inputs(torch.bfloat16)
     half = logits.clone().requires_grad_()
     full = logits.float().requires_grad_()
@@ -60,4 +76,4 @@ def test_a_label_outside_the_classes_is_an_error():
     logits, target = _inputs(torch.bfloat16)
     target[1, 0, 0] = 7  # 7 classes: 0..6
     with pytest.raises((RuntimeError, IndexError)):
-        pixel_cross_entropy(logits.requires_grad_(), target)
+        pixel_cross_entropy(logits.requires_grad_(), target, min_bytes=0)

@@ -77,3 +77,28 @@ def test_throughput_reports_the_steady_state_and_the_warm_up_separately():
     meter.on_train_batch_end(trainer, None, None, batch, 0)
     assert meter.warmup_seconds == 8.0
     assert meter.images_per_second() == pytest.approx(5 * 8 / 2.5)  # 4 images x 2 processes per 0.5 s
+
+
+def test_the_bar_counts_every_step_but_reads_the_metrics_at_most_every_half_second():
+    """Reading the logged loss for the bar syncs a GPU; it happens on the clock, not every step."""
+    import io
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from experiments.progress import StepProgressBar
+
+    clock = FakeClock()
+    bar = StepProgressBar(SweepClock([100]), "cell", postfix_every_s=0.5, clock=clock)
+    bar._train_progress_bar = tqdm(total=100, file=io.StringIO())
+    reads = []
+    bar.get_metrics = lambda trainer, module: reads.append(trainer.global_step) or {"loss": 1.0}
+    trainer = SimpleNamespace(global_step=0)
+    for step in range(1, 21):  # 20 steps of 0.125 s (exact in binary)
+        clock.now += 0.125
+        trainer.global_step = step
+        bar.on_train_batch_end(trainer, None, None, None, step - 1)
+        assert bar.train_progress_bar.n == step
+    assert reads == [1, 5, 9, 13, 17]
+    bar.on_train_epoch_end(trainer, None)  # the end of an epoch always shows the latest
+    assert reads[-1] == 20
