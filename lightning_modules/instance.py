@@ -103,7 +103,7 @@ class InstanceSegmentationModule(L.LightningModule):
     apply_lr_schedule = SegmentationModule.apply_lr_schedule
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self.log("train/lr", self.apply_lr_schedule(), batch_size=len(batch[0]))
+        self.log("train/lr", optim.device_scalar(self, self.apply_lr_schedule()), batch_size=len(batch[0]))
 
     # --- evaluation: one dataset-level COCO evaluation per validation ------------------------
     def validation_step(self, batch, batch_idx: int) -> None:

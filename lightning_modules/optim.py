@@ -139,3 +139,14 @@ def make_optimizer(model: nn.Module, optimizer: str, lr: float, momentum: float,
     if optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def device_scalar(module, value: float) -> torch.Tensor:
+    """``value`` in a 0-d tensor kept on ``module``'s device and filled in place, for
+    ``self.log``: a Python float would become a new device tensor at every call (Lightning's
+    ``torch.tensor(value, device=...)``), a copy from pageable memory that makes the host wait
+    for the GPU, so the host could not queue step n+1 while the GPU ran step n."""
+    held = getattr(module, "_logged_scalar", None)
+    if held is None or held.device != module.device:
+        held = module._logged_scalar = torch.zeros((), device=module.device)
+    return held.fill_(value)

@@ -138,9 +138,17 @@ def resize_labels(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     h, w = (int(v) for v in size)
     if tuple(masks.shape[-2:]) == (h, w):
         return masks
-    rows = torch.tensor(_pil_nearest_index(masks.shape[-2], h), device=masks.device)
-    cols = torch.tensor(_pil_nearest_index(masks.shape[-1], w), device=masks.device)
+    rows = _nearest_index_tensor(masks.shape[-2], h, masks.device)
+    cols = _nearest_index_tensor(masks.shape[-1], w, masks.device)
     return masks.index_select(-2, rows).index_select(-1, cols)
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest_index_tensor(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """:func:`_pil_nearest_index` as a tensor on ``device``, made once: building it every step
+    was a host-to-GPU copy from pageable memory, which waits for the GPU to finish the queued
+    work (the multi-scale DeepLab v2 loss resizes the labels three times a step)."""
+    return torch.tensor(_pil_nearest_index(n_in, n_out), device=device)
 
 
 def msc_loss(score_maps: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -278,7 +286,7 @@ class SegmentationModule(L.LightningModule):
                 m.eval()
         for m in optim.frozen_norms(self.model, self.hparams.train_only):  # their statistics stay too
             m.eval()
-        self.log("train/lr", self.apply_lr_schedule())
+        self.log("train/lr", optim.device_scalar(self, self.apply_lr_schedule()))  # no GPU sync
 
     # --- evaluation -----------------------------------------------------------------------
     def predict_probs(self, images: torch.Tensor) -> torch.Tensor:

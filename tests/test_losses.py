@@ -77,3 +77,22 @@ def test_a_label_outside_the_classes_is_an_error():
     target[1, 0, 0] = 7  # 7 classes: 0..6
     with pytest.raises((RuntimeError, IndexError)):
         pixel_cross_entropy(logits.requires_grad_(), target, min_bytes=0)
+
+
+def test_logged_scalars_and_label_indices_are_made_once_per_device():
+    """Per-step host-to-device copies make the host wait for the GPU; these two are reused."""
+    from types import SimpleNamespace
+
+    from lightning_modules.optim import device_scalar
+    from lightning_modules.segmentation import resize_labels
+
+    module = SimpleNamespace(device=torch.device("cpu"))
+    first = device_scalar(module, 0.5)
+    again = device_scalar(module, 0.25)
+    assert again is first and float(again) == 0.25
+    masks = torch.randint(0, 3, (2, 20, 30))
+    a, b = resize_labels(masks, (10, 15)), resize_labels(masks, (10, 15))
+    assert torch.equal(a, b) and a.shape == (2, 10, 15)
+    from lightning_modules.segmentation import _nearest_index_tensor
+
+    assert _nearest_index_tensor(20, 10, torch.device("cpu")) is _nearest_index_tensor(20, 10, torch.device("cpu"))
