@@ -176,6 +176,14 @@ def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
     return Cell(recipe, variant.model, kwargs, per_device, global_batch, rules)
 
 
+def runs_on_gpu(accelerator: str, cuda: bool | None = None) -> bool:
+    """Whether ``--accelerator`` puts the run on a GPU here (``auto``: when CUDA is available)."""
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+
+
 def resolve_precision(precision: str, accelerator: str, cuda: bool | None = None,
                       bf16: bool | None = None) -> str:
     """``"auto"``: bf16 autocast on a GPU that has bf16 (Ampere and newer; TF32 for what stays
@@ -185,9 +193,7 @@ def resolve_precision(precision: str, accelerator: str, cuda: bool | None = None
         return precision
     import torch
 
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
-    if on_gpu and (torch.cuda.is_bf16_supported() if bf16 is None else bf16):
+    if runs_on_gpu(accelerator, cuda) and (torch.cuda.is_bf16_supported() if bf16 is None else bf16):
         return "bf16-mixed"
     return "32-true"
 
@@ -205,10 +211,7 @@ def resolve_workers(num_workers: int | None, accelerator: str, preset: str = "pa
         return num_workers
     import os
 
-    import torch
-
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+    on_gpu = runs_on_gpu(accelerator, cuda)
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = max(1, cpus // max(1, devices)) - 1
@@ -224,11 +227,7 @@ def resolve_channels_last(channels_last: bool | None, precision: str, accelerato
     tables stay in the layout they were generated in). An explicit True/False is kept."""
     if channels_last is not None:
         return channels_last
-    import torch
-
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
-    return on_gpu and precision in ("bf16-mixed", "16-mixed")
+    return runs_on_gpu(accelerator, cuda) and precision in ("bf16-mixed", "16-mixed")
 
 
 def batch_advice(global_batch: int, world: int, accumulate: int) -> str:

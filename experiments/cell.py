@@ -38,7 +38,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.flop_counter import FlopCounterMode
 
-from experiments.card import RUNTIME_FIELDS, Cell, Run
+from experiments.card import RUNTIME_FIELDS, Cell, Run, runs_on_gpu
 from experiments.checkpoints import AtomicCheckpointIO, BestCheckpoint, ResultsTrainer, resume_checkpoint
 from experiments.distributed import RNGState, SyncBatchNormCount, SyncBatchNormPlugin
 from experiments.lock import CellLock, describe
@@ -95,9 +95,7 @@ def cuda_flags(deterministic: bool, accelerator: str, cuda: bool | None = None) 
     has a deterministic kernel uses it and the others warn. Otherwise cuDNN autotuning is on
     (``benchmark=True``: the training crop is fixed, so each layer's fastest kernel is chosen
     once, in the warm-up steps); Lightning would leave it off. CPUs: unchanged."""
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
-    if not on_gpu:
+    if not runs_on_gpu(accelerator, cuda):
         return deterministic, None
     return ("warn", False) if deterministic else (False, True)
 
