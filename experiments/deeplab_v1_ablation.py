@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.recipes import deeplab  # noqa: E402
 from experiments.runner import main  # noqa: E402
-from experiments.spec import Ablation, Variant  # noqa: E402
+from experiments.spec import Ablation, Claim, Variant  # noqa: E402
 
 
 def fc6(kernel: int, input_stride: int, channels: int) -> dict:
@@ -48,6 +48,14 @@ ABLATION = Ablation(
         "DeepLab-CRF-LargeFOV": Variant("deeplab_largefov", fc6(3, 12, 1024), "deeplab_v1.table2.largefov"),
     },
     paper_data="voc",
+    claims=(
+        Claim("DeepLab-CRF", "DeepLab-CRF-4x4", ">",
+              source="DeepLab v1 Table 2: the 4x4 fc6 at input stride 8 vs 4 (a larger field of view)"),
+        Claim("DeepLab-CRF-7x7", "DeepLab-CRF-LargeFOV", "≈", eval_a="val_crf", eval_b="val_crf",
+              source="DeepLab v1 Table 2: LargeFOV equals the 7x7 fc6 after the CRF with 3.4x fewer parameters"),
+        Claim("DeepLab-CRF-LargeFOV", "DeepLab-CRF-LargeFOV", ">", eval_b="val_crf",
+              source="DeepLab v1 Table 2 / v2 Table 1: the dense CRF on LargeFOV"),
+    ),
     paper=deeplab.V1,
     sources=deeplab.V1_SOURCES,
 )

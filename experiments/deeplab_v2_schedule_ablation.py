@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.recipe import Source  # noqa: E402
 from experiments.recipes import deeplab  # noqa: E402
 from experiments.runner import main  # noqa: E402
-from experiments.spec import Ablation, Variant  # noqa: E402
+from experiments.spec import Ablation, Claim, Variant  # noqa: E402
 
 SMOKE_SCALE = 300 / 20000  # the smoke preset's 300 steps stand for the paper's 20K
 
@@ -62,6 +62,12 @@ ABLATION = Ablation(
         "poly, batch 10, 20K": row("poly", 10, 20000, "poly_b10_20k"),
     },
     paper_data="voc",
+    claims=(
+        Claim("step, batch 30, 6K", "poly, batch 30, 6K", ">", source="DeepLab v2 Table 2: poly vs step policy"),
+        Claim("poly, batch 30, 6K", "poly, batch 30, 10K", ">", source="DeepLab v2 Table 2: more iterations"),
+        Claim("poly, batch 30, 10K", "poly, batch 10, 10K", "≈", source="DeepLab v2 Table 2: batch 10 vs 30"),
+        Claim("poly, batch 10, 10K", "poly, batch 10, 20K", ">", source="DeepLab v2 Table 2: 20K vs 10K at batch 10"),
+    ),
     paper=deeplab.PAPER,
     sources=deeplab.SOURCES,
 )

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.recipes import deeplab_v3  # noqa: E402
 from experiments.runner import main  # noqa: E402
-from experiments.spec import Ablation, Option, Variant  # noqa: E402
+from experiments.spec import Ablation, Claim, Option, Variant  # noqa: E402
 
 
 def cascade(depth: int, blocks: int = 7, output_stride: int = 16, multi_grid=(1, 1, 1), key: str | None = None):
@@ -56,6 +56,17 @@ ABLATION = Ablation(
     synthetic_task="multiscale",
     variants=variants("1"),
     paper_data="voc",
+    claims=(  # each --table's own claims; the others' are skipped (experiments/claims.py)
+        Claim("OS 16", "OS 8", ">", source="DeepLab v3 Table 1"),
+        Claim("OS 32", "OS 16", ">", source="DeepLab v3 Table 1"),
+        Claim("OS 64", "OS 32", ">", source="DeepLab v3 Table 1"),
+        Claim("OS 256", "OS 128", ">", source="DeepLab v3 Table 1"),
+        Claim("R50 block4", "R50 block7", ">", source="DeepLab v3 Table 2: cascading blocks 5-7"),
+        Claim("R101 block4", "R101 block7", ">", source="DeepLab v3 Table 2: cascading blocks 5-7"),
+        Claim("R50 block7", "R101 block7", ">", source="DeepLab v3 Table 2: ResNet-101 vs -50"),
+        Claim("MG(1,1,1)", "MG(1,2,1)", ">", source="DeepLab v3 Table 3"),
+        Claim("MG(2,2,2)", "MG(1,2,1)", ">", source="DeepLab v3 Table 3"),
+    ),
     paper=deeplab_v3.PAPER,
     options={"table": Option(("1", "2", "3"), "1", variants,
                              "1: output stride 8-256 (R-50, block7); 2: block4-7 (R-50/101); 3: multi-grid (R-101)")},

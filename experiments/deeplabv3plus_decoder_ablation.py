@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.recipes import deeplab_v3  # noqa: E402
 from experiments.runner import main  # noqa: E402
-from experiments.spec import Ablation, Option, Variant  # noqa: E402
+from experiments.spec import Ablation, Claim, Option, Variant  # noqa: E402
 
 R101 = {"backbone": "resnet101", "output_stride": 16, "multi_grid": (1, 2, 4), "separable": False}
 
@@ -59,6 +59,13 @@ ABLATION = Ablation(
     synthetic_task="thin",
     variants=variants("1"),
     paper_data="voc",
+    claims=(  # each --table's own claims; the others' are skipped (experiments/claims.py)
+        Claim("low-level 8", "low-level 48", ">", source="DeepLab v3+ Table 1"),
+        Claim("low-level 32", "low-level 48", "≈", source="DeepLab v3+ Table 1 (48 chosen; 32 within 0.05)"),
+        Claim("[3x3, 256]", "[3x3, 256] x 2", ">", source="DeepLab v3+ Table 2"),
+        Claim("[3x3, 256] x 2", "[3x3, 256] x 3", "<", source="DeepLab v3+ Table 2"),
+        Claim("[3x3, 128]", "[3x3, 256]", ">", source="DeepLab v3+ Table 2"),
+    ),
     paper=deeplab_v3.PAPER,   # v3+ Sec. 4: trained as v3 (crop 513, batch 16, lr 0.007, 30K at OS 16)
     options={"table": Option(("1", "2"), "1", variants,
                              "1: low-level projection channels; 2: decoder convs and low-level features")},

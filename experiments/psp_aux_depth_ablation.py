@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.recipe import Source  # noqa: E402
 from experiments.recipes import pspnet  # noqa: E402
 from experiments.runner import main  # noqa: E402
-from experiments.spec import Ablation, Option, Variant  # noqa: E402
+from experiments.spec import Ablation, Claim, Option, Variant  # noqa: E402
 
 MS = pspnet.MS_EVAL   # hszhao/semseg's multi-scale test: 0.5-1.75 x 512, windows + flip
 
@@ -63,6 +63,12 @@ ABLATION = Ablation(
     synthetic_task="context_tokens",
     variants=variants("2"),
     paper_data="ade20k",
+    claims=(  # each --table's own claims; the others' are skipped (experiments/claims.py)
+        Claim("no aux", "aux 0.4", ">", source="PSPNet Table 2: the auxiliary loss"),
+        Claim("aux 0.4", "aux 0.9", "<", source="PSPNet Table 2: 0.4 is the best weight"),
+        Claim("ResNet50", "ResNet152", ">", source="PSPNet Table 3: deeper backbones"),
+        Claim("ResNet50", "ResNet50 + MS", ">", source="PSPNet Table 3: multi-scale testing"),
+    ),
     paper=pspnet.PAPER,
     options={"table": Option(("2", "3"), "2", variants,
                              "2: auxiliary loss weight (R-50 baseline); 3: ResNet depth, + MS")},
