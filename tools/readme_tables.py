@@ -66,6 +66,8 @@ RESULT_SECTIONS = [
     ("results-psp_bins-192", "psp_bins", "synthetic_context192px-smoke"),
     # the feature-map-size check of the ASPP smoke result: ASPP-S vs ASPP-L at 320 px
     ("results-aspp-320", "aspp", "synthetic_multiscale320px-smoke"),
+    ("results-deeplab_v1", "deeplab_v1", "synthetic_multiscale-smoke"),
+    ("results-deeplab_v2_schedule", "deeplab_v2_schedule", "synthetic_multiscale-smoke"),
     ("results-deeplabv3", "deeplabv3", "synthetic_multiscale-smoke"),
     ("results-deeplabv3plus", "deeplabv3plus", "synthetic_thin-smoke"),
     ("results-crf", "crf", "synthetic_multiscale-smoke"),
