@@ -86,18 +86,21 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def cuda_flags(deterministic: bool, accelerator: str, cuda: bool | None = None) -> tuple[bool | str, bool | None]:
+def cuda_flags(deterministic: bool, accelerator: str, fixed_size: bool = True,
+               cuda: bool | None = None) -> tuple[bool | str, bool | None]:
     """Lightning's ``deterministic`` and ``benchmark`` for this cell.
 
     On a GPU, ``deterministic=True`` becomes ``"warn"``: CUDA has no deterministic backward for
     bilinear ``interpolate`` or adaptive average pooling (every model here uses one), and
     ``torch.use_deterministic_algorithms(True)`` would raise there; with ``"warn"`` every op that
-    has a deterministic kernel uses it and the others warn. Otherwise cuDNN autotuning is on
-    (``benchmark=True``: the training crop is fixed, so each layer's fastest kernel is chosen
-    once, in the warm-up steps); Lightning would leave it off. CPUs: unchanged."""
+    has a deterministic kernel uses it and the others warn. Otherwise cuDNN autotuning is on when
+    the training inputs have one size (``fixed_size``: a crop, or synthetic images), so each
+    layer's fastest kernel is chosen once, in the warm-up steps (Lightning would leave it off);
+    whole images of varying size (FCN) would be autotuned again at every new shape, so there it
+    stays off. CPUs: unchanged."""
     if not runs_on_gpu(accelerator, cuda):
         return deterministic, None
-    return ("warn", False) if deterministic else (False, True)
+    return ("warn", False) if deterministic else (False, fixed_size)
 
 
 def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_datamodule,
@@ -170,7 +173,8 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
     sync_bn = tr.sync_batchnorm and world > 1 and recipe.optim.bn == "trained"
     sync_count = SyncBatchNormCount()
     sync_plugin = SyncBatchNormPlugin()
-    deterministic, benchmark = cuda_flags(tr.deterministic, run.accelerator)
+    deterministic, benchmark = cuda_flags(tr.deterministic, run.accelerator,
+                                          fixed_size=recipe.data.crop_size is not None or run.data == "synthetic")
     trainer = ResultsTrainer(
         accelerator=run.accelerator, devices=run.devices, num_nodes=run.num_nodes,
         # "ddp", never "ddp_spawn": the spawn launcher's metric state double-counts on CPU

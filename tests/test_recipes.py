@@ -281,16 +281,18 @@ def test_channels_last_auto_is_on_for_mixed_precision_on_gpus_only(setting, prec
     assert resolve_channels_last(setting, precision, accelerator, cuda=cuda) is expected
 
 
-@pytest.mark.parametrize("deterministic,accelerator,cuda,expected", [
-    (True, "cpu", False, (True, None)), (False, "cpu", True, (False, None)), (True, "auto", False, (True, None)),
+@pytest.mark.parametrize("deterministic,accelerator,fixed,cuda,expected", [
+    (True, "cpu", True, False, (True, None)), (False, "cpu", True, True, (False, None)),
+    (True, "auto", True, False, (True, None)),
     # GPU: CUDA's bilinear-interpolation backward has no deterministic kernel, so "warn" not raise;
-    # otherwise cuDNN autotuning (fixed training crops)
-    (True, "auto", True, ("warn", False)), (False, "gpu", True, (False, True)), (False, "auto", True, (False, True)),
+    # otherwise cuDNN autotuning for fixed-size inputs, not for whole images of varying size
+    (True, "auto", True, True, ("warn", False)), (False, "gpu", True, True, (False, True)),
+    (False, "auto", True, True, (False, True)), (False, "gpu", False, True, (False, False)),
 ])
-def test_cuda_flags_on_a_fake_gpu_and_on_cpus(deterministic, accelerator, cuda, expected):
+def test_cuda_flags_on_a_fake_gpu_and_on_cpus(deterministic, accelerator, fixed, cuda, expected):
     from experiments.cell import cuda_flags
 
-    assert cuda_flags(deterministic, accelerator, cuda=cuda) == expected
+    assert cuda_flags(deterministic, accelerator, fixed_size=fixed, cuda=cuda) == expected
 
 
 def test_the_smoke_vgg_rule_reaches_builders_that_forward_their_arguments(capsys):
