@@ -64,6 +64,7 @@ RESULT_SECTIONS = [
     # the earlier design of the context task (scene only in a border frame), at 128 and 192 px
     ("results-psp_bins-frame", "psp_bins", "synthetic_context-smoke"),
     ("results-psp_bins-192", "psp_bins", "synthetic_context192px-smoke"),
+    ("results-psp_aux_depth", "psp_aux_depth", "synthetic_context_tokens-smoke"),
     # the feature-map-size check of the ASPP smoke result: ASPP-S vs ASPP-L at 320 px
     ("results-aspp-320", "aspp", "synthetic_multiscale320px-smoke"),
     ("results-deeplab_v1", "deeplab_v1", "synthetic_multiscale-smoke"),
