@@ -71,6 +71,7 @@ RESULT_SECTIONS = [
     ("results-deeplab_v2_schedule", "deeplab_v2_schedule", "synthetic_multiscale-smoke"),
     ("results-deeplabv3", "deeplabv3", "synthetic_multiscale-smoke"),
     ("results-deeplabv3plus", "deeplabv3plus", "synthetic_thin-smoke"),
+    ("results-deeplabv3plus_decoder", "deeplabv3plus_decoder", "synthetic_thin-smoke"),
     ("results-crf", "crf", "synthetic_multiscale-smoke"),
     ("results-upsampling", "upsampling", "synthetic_thin-smoke"),
     ("results-unet", "unet", "synthetic_touching-smoke"),
