@@ -5,7 +5,7 @@ our Δ = B − A with its 95% confidence interval from a paired bootstrap over s
 randomisation p-value, images × paired seeds, the between-seed spread of Δ, and the verdict
 computed from the interval by :func:`experiments.stats.verdict` (supported / contradicted /
 inconclusive), never written by hand. Cells not run (or run before per-image counts were stored)
-are shown as such. Written as ``claims.md``/``claims.csv`` next to ``results.md``, and appended to
+are shown as such ("no per-image ..."). Written as ``claims.md``/``claims.csv`` next to ``results.md``, and appended to
 ``results.md`` by the runner.
 """
 
@@ -16,7 +16,7 @@ import io
 from pathlib import Path
 
 from experiments.spec import Ablation, Claim, load_paper_numbers, paper_values
-from experiments.stats import INSTANCE_REASON, NotComparable, compare, eval_suffix, verdict
+from experiments.stats import NotComparable, compare, eval_suffix, verdict
 from experiments.tasks import METRIC_LABELS
 
 
@@ -96,13 +96,13 @@ def render_markdown(title: str, rows: list[dict], resamples: int = 10_000, seed:
             "paper_numbers.toml), — where a paper gives no number. Claims: " + "; ".join(sources) + ".",
             f"- 95% CI: paired two-level percentile bootstrap ({resamples} resamples, seed {seed}): the seed pairs "
             "both variants have, then the validation images, drawn with replacement; the dataset-level metric "
-            "recomputed per resample from per-image counts (with one seed: images only). p: paired approximate "
+            "recomputed per resample from per-image counts (COCO AP: from each image's matched detections, "
+            "lightning_modules/per_image_ap.py; checkerboard: the mean of per-image values); with one seed: "
+            "images only. p: paired approximate "
             "randomisation over images (two-sided). seed sd: sample std of the per-seed Δ. Method: "
             "experiments/stats.py.",
             "- Verdict at 95%: supported when the CI lies on the claimed side of 0 (for ≈: inside ±tolerance), "
             "contradicted when it lies on the other side (for ≈: outside), else inconclusive."]
-    if any(str(r["verdict"]).startswith("not testable") for r in rows):
-        out.append(f"- Not testable: {INSTANCE_REASON}.")
     return "\n".join(out + [""])
 
 

@@ -4,6 +4,9 @@
     python -m experiments.compare results/fcn_skip/voc-paper FCN-16s FCN-8s --metric trimap_miou
     # the same variant before and after the dense CRF
     python -m experiments.compare results/crf/voc-paper LargeFOV LargeFOV --eval-b val_crf
+    # COCO mask AP of two Mask R-CNN variants; the checkerboard statistic of two decoders
+    python -m experiments.compare results/roi_align/synthetic_instances-smoke RoIPool RoIAlign --metric mask_ap
+    python -m experiments.compare results/upsampling/synthetic_thin-smoke "U-Net transposed" "U-Net bilinear" --metric checkerboard
 
 The method (what is resampled, why paired, why dataset-level metrics are recomputed per
 resample, how seeds enter) is described in ``experiments/stats.py``; :func:`experiments.stats.compare`
@@ -18,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.stats import SEMANTIC_METRICS, Comparison, NotComparable, compare  # noqa: E402
+from experiments.stats import INSTANCE_METRICS, SEMANTIC_METRICS, Comparison, NotComparable, compare  # noqa: E402
 
 __all__ = ["Comparison", "compare", "main"]
 
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> Comparison | None:
     p.add_argument("results_dir", type=Path, help="a <results>/<ablation>/<dataset>-<preset> folder")
     p.add_argument("a", help="variant A (the reference)")
     p.add_argument("b", help="variant B; Δ = B − A")
-    p.add_argument("--metric", default="miou", help=f"one of {', '.join(SEMANTIC_METRICS)} (default miou)")
+    p.add_argument("--metric", default="miou", help=f"one of {', '.join(SEMANTIC_METRICS + INSTANCE_METRICS)} (default miou)")
     p.add_argument("--eval-a", default="val", help="A's evaluation: val (default) or val_crf")
     p.add_argument("--eval-b", default="val", help="B's evaluation: val (default) or val_crf")
     p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (default: every finished seed)")

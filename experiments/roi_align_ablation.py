@@ -71,7 +71,7 @@ ABLATION = Ablation(
                      "box_batch_size_per_image": 128, "box_detections_per_img": 50},
            "data": {"global_batch": 4, "val_batch_size": 8, "num_train": 400, "num_val": 50,
                     "image_size": 128}},
-    # not testable yet: COCO AP has no per-image counts (experiments/stats.py INSTANCE_REASON)
+    # COCO AP per resample from the per-image records (lightning_modules/per_image_ap.py)
     claims=(
         Claim("RoIPool", "RoIAlign", ">", "mask_ap", source="Mask R-CNN Table 2c"),
         # Table 2d (stride 32) is the only one with box AP: RoIAlign helps boxes too (+5.8)

@@ -20,6 +20,14 @@ not count for it), so averaging per-image scores would test a different quantity
 the table reports. Summing counts reproduces the reported metric exactly on the full set
 (tested) and any subset's metric on a resample.
 
+COCO AP (``mask_ap``, ``box_ap``, ``*_ap50``, ``*_ap75``) is no sum of counts: it ranks all
+detections of a class across the images by score. Each instance run stores COCOeval's own
+per-image matching (``lightning_modules/per_image_ap.py``); a resample weighs every image's
+detections and ground truth by its multiplicity and re-runs COCOeval's accumulation, which on
+the full set reproduces the reported AP bit for bit (tested). The randomisation test ranks both
+runs' detections together and assigns each image's to A or B. The checkerboard statistic is a
+mean over images of a per-image value (stored per image), resampled as such.
+
 Seeds. Two sources of uncertainty matter: *which images* were evaluated, and *which training run*
 produced the models (Bouthillier et al., "Accounting for variance in machine learning
 benchmarks", MLSys 2021). Seeds both variants have are paired (seed k of A with seed k of B). With
@@ -58,18 +66,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_modules import per_image
+from lightning_modules import per_image, per_image_ap
 from lightning_modules.metrics import metrics_from_counts
 
-SEMANTIC_METRICS = ("miou", "trimap_miou", "pixel_acc", "mean_acc", "fwiou")
+SEMANTIC_METRICS = ("miou", "trimap_miou", "pixel_acc", "mean_acc", "fwiou", "checkerboard")
 DIRECTIONS = (">", "<", "≈")
 VERDICTS = ("supported", "contradicted", "inconclusive")
-INSTANCE_REASON = (
-    "COCO AP is not a sum of per-image counts: it ranks every detection of a class across all images "
-    "by score, so a resample needs each image's detections, scores and IoU matches and a re-run of "
-    "COCOeval's accumulation with image multiplicities; the instance evaluation stores no per-image "
-    "data yet (lightning_modules/instance.py), so instance metrics cannot be compared per image"
-)
+INSTANCE_METRICS = tuple(per_image_ap.METRICS)
 
 
 class NotComparable(ValueError):
@@ -97,7 +100,7 @@ def metric_of_counts(tp: np.ndarray, label: np.ndarray, pred: np.ndarray, metric
             if metric == "fwiou":
                 return (label * iou).sum(-1) / label.sum(-1)
             return iou.sum(-1) / present.sum(-1)
-        if metric == "pixel_acc":
+        if metric in ("pixel_acc", "checkerboard"):  # checkerboard: (value, 1, 0) per image -> the mean
             return tp.sum(-1) / label.sum(-1)
         if metric == "mean_acc":
             has = label > 0
@@ -120,21 +123,33 @@ class RunCounts:
     seeds: tuple[int, ...]
     index: np.ndarray             # (N,) dataset indices
     image_id: np.ndarray | None   # (N,) the dataset's image names, if it has them
-    counts: np.ndarray            # (S, N, 3, C) int64: tp, label, pred per image and class
+    counts: np.ndarray            # (S, N, 3, C) int64: tp, label, pred per image and class (float: checkerboard)
 
     def subset(self, seeds: Sequence[int]) -> RunCounts:
         rows = [self.seeds.index(s) for s in seeds]
         return RunCounts(self.variant, self.key, tuple(seeds), self.index, self.image_id, self.counts[rows])
 
 
-def load_run_counts(dataset_dir: Path, variant: str, key: str = "val", metric: str = "miou",
-                    seeds: Sequence[int] | None = None) -> RunCounts:
-    """Read ``<dataset_dir>/<variant>/seed<k>/per_image_<key>.npz`` of every finished seed (or of
-    ``seeds``); ``metric`` picks the plain or the trimap counts. Raises :class:`NotComparable`."""
-    if metric not in SEMANTIC_METRICS:
-        raise NotComparable(f"{metric}: {INSTANCE_REASON}" if metric.endswith(("_ap", "_ap50", "_ap75"))
-                            else f"unknown metric {metric!r}; expected one of {SEMANTIC_METRICS}",
-                            status=f"not testable: no per-image {metric}")
+@dataclass(frozen=True)
+class RunRecords:
+    """One variant's per-image COCO AP records (``lightning_modules/per_image_ap.py``), one per seed."""
+
+    variant: str
+    key: str
+    seeds: tuple[int, ...]
+    index: np.ndarray
+    image_id: np.ndarray | None
+    records: tuple[dict, ...]
+
+    def subset(self, seeds: Sequence[int]) -> RunRecords:
+        return RunRecords(self.variant, self.key, tuple(seeds), self.index, self.image_id,
+                          tuple(self.records[self.seeds.index(s)] for s in seeds))
+
+
+def _per_image_rows(dataset_dir: Path, variant: str, key: str, metric: str,
+                    seeds: Sequence[int] | None) -> dict[int, dict[str, np.ndarray]]:
+    """Each finished seed's (or each of ``seeds``') ``per_image_<key>.npz`` rows. Raises
+    :class:`NotComparable` when no cell finished or a finished cell has no file."""
     folder = Path(dataset_dir) / variant
     finished = sorted((int(p.parent.name[4:]) for p in folder.glob("seed*/metrics.json")
                        if p.parent.name[4:].isdigit()))
@@ -147,20 +162,50 @@ def load_run_counts(dataset_dir: Path, variant: str, key: str = "val", metric: s
     lacking = [s for s, f in files.items() if not f.exists()]
     if lacking:
         done = json.loads((folder / f"seed{lacking[0]}" / "metrics.json").read_text())
-        what = "no such evaluation" if key not in done else "no per-image counts (run before they were stored)"
+        what = "no such evaluation" if key not in done else "no per-image records (run before they were stored)"
         raise NotComparable(f"{variant} seed(s) {lacking}: {what}: {files[lacking[0]]} missing",
-                            status=f"not run ({key})" if key not in done else "no per-image counts")
-    prefix = "trimap_" if metric == "trimap_miou" else ""
-    index = image_id = None
-    counts = []
-    for s, f in files.items():
-        rows = per_image.load(f)
-        if index is None:
-            index, image_id = rows["index"], rows.get("image_id")
-        elif not np.array_equal(rows["index"], index):
+                            status=f"not run ({key})" if key not in done else f"no per-image {metric}")
+    rows = {s: per_image.load(f) for s, f in files.items()}
+    for s, r in rows.items():
+        if not np.array_equal(r["index"], rows[present[0]]["index"]):
             raise NotComparable(f"{variant} seed {s} was evaluated on other images than seed {present[0]}")
-        counts.append(np.stack([rows[prefix + k] for k in per_image.COUNT_KEYS], 1))
-    return RunCounts(variant, key, tuple(present), index, image_id, np.stack(counts).astype(np.int64))
+    return rows
+
+
+def load_run_counts(dataset_dir: Path, variant: str, key: str = "val", metric: str = "miou",
+                    seeds: Sequence[int] | None = None) -> RunCounts:
+    """Read ``<dataset_dir>/<variant>/seed<k>/per_image_<key>.npz`` of every finished seed (or of
+    ``seeds``); ``metric`` picks the plain or the trimap counts. Raises :class:`NotComparable`."""
+    if metric not in SEMANTIC_METRICS:
+        raise NotComparable(f"unknown metric {metric!r}; expected one of {SEMANTIC_METRICS + INSTANCE_METRICS}",
+                            status=f"not testable: no per-image {metric}")
+    rows = _per_image_rows(dataset_dir, variant, key, metric, seeds)
+    first = next(iter(rows.values()))
+    if metric == "checkerboard":  # one value an image: counts (value, 1, 0)
+        if "checkerboard" not in first:
+            raise NotComparable(f"{variant}: the per-image file holds no checkerboard values",
+                                status="no per-image checkerboard")
+        counts = [np.stack([r["checkerboard"], np.ones_like(r["checkerboard"]), np.zeros_like(r["checkerboard"])],
+                           1)[:, :, None] for r in rows.values()]
+        return RunCounts(variant, key, tuple(rows), first["index"], first.get("image_id"),
+                         np.stack(counts).astype(np.float64))
+    prefix = "trimap_" if metric == "trimap_miou" else ""
+    if prefix + "tp" not in first:
+        raise NotComparable(f"{variant}: the per-image file holds no {metric} counts", status=f"no per-image {metric}")
+    counts = [np.stack([r[prefix + k] for k in per_image.COUNT_KEYS], 1) for r in rows.values()]
+    return RunCounts(variant, key, tuple(rows), first["index"], first.get("image_id"),
+                     np.stack(counts).astype(np.int64))
+
+
+def load_run_records(dataset_dir: Path, variant: str, key: str = "val", metric: str = "mask_ap",
+                     seeds: Sequence[int] | None = None) -> RunRecords:
+    """The per-image AP records of every finished seed (or of ``seeds``). Raises :class:`NotComparable`."""
+    rows = _per_image_rows(dataset_dir, variant, key, metric, seeds)
+    first = next(iter(rows.values()))
+    prefix = per_image_ap.METRICS[metric][0]
+    if f"{prefix}_det_tp" not in first:
+        raise NotComparable(f"{variant}: the per-image file holds no {metric} records", status=f"no per-image {metric}")
+    return RunRecords(variant, key, tuple(rows), first["index"], first.get("image_id"), tuple(rows.values()))
 
 
 # --------------------------------------------------------------------------- the comparison
@@ -278,6 +323,58 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, metric: str, resamples: int =
             "seed_deltas": tuple(float(x) for x in per_seed[1] - per_seed[0]), "deltas": deltas}
 
 
+def paired_bootstrap_ap(a: Sequence[dict], b: Sequence[dict], metric: str, resamples: int = 10_000, seed: int = 0,
+                        confidence: float = 0.95, chunk: int = 250) -> dict[str, object]:
+    """:func:`paired_bootstrap` for COCO AP: ``a``, ``b`` are per-seed per-image AP records
+    (``lightning_modules/per_image_ap.py``; seed k of A paired with seed k of B, the same images).
+
+    A bootstrap row weighs every image by its multiplicity (its detections in the class rankings,
+    its ground truth in the recall's denominator) and recomputes COCOeval's AP; the randomisation
+    test swaps each image's detections between A and B (both runs' detections ranked together,
+    each counted in the set it is assigned to), all paired seeds with the same swaps.
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need the same number (>= 1) of seeds for A and B, got {len(a)} and {len(b)}")
+    if resamples < 1 or not 0 < confidence < 1:
+        raise ValueError(f"need resamples >= 1 and 0 < confidence < 1, got {resamples}, {confidence}")
+    s, n = len(a), len(a[0]["index"])
+    ap = per_image_ap.average_precision
+    per_seed = []
+    for ra, rb in zip(a, b):
+        ranks_a, gt, rec = per_image_ap.rankings([ra], metric)
+        ranks_b, _, _ = per_image_ap.rankings([rb], metric)
+        merged, _, _ = per_image_ap.rankings([ra, rb], metric)  # also checks: same images, same ground truth
+        per_seed.append((ranks_a, ranks_b, merged, gt, rec))
+    ones = np.ones((1, n))
+    full = np.array([[ap(ranks, gt, rec, ones, ones)[0] for ranks in (ra, rb)]
+                     for ra, rb, _, gt, rec in per_seed])  # (S, 2)
+    a_value, b_value = full.mean(0)
+    delta = b_value - a_value
+    rng = np.random.default_rng(seed)
+    deltas, swapped = [], []
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
+        weights = _multiplicities(rng, rows, n)
+        seed_w = _multiplicities(rng, rows, s) / s if s > 1 else np.ones((rows, 1))
+        flip = rng.integers(0, 2, size=(rows, n)).astype(np.float64)
+        to_a = np.concatenate([1 - flip, flip], 1)  # units (run, image) counted in the swapped A
+        boot = np.zeros(rows)
+        perm = np.zeros(rows)
+        all_images = np.ones((rows, n))
+        for k, (ra, rb, merged, gt, rec) in enumerate(per_seed):
+            boot += seed_w[:, k] * (ap(rb, gt, rec, weights, weights) - ap(ra, gt, rec, weights, weights))
+            perm += (ap(merged, gt, rec, 1 - to_a, all_images) - ap(merged, gt, rec, to_a, all_images)) / s
+        deltas.append(boot)
+        swapped.append(perm)
+    deltas, swapped = np.concatenate(deltas), np.concatenate(swapped)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(deltas, [tail, 1 - tail]) if np.isfinite(deltas).all() else (np.nan, np.nan)
+    hits = int((np.abs(swapped) >= abs(delta) - 1e-12).sum())
+    return {"delta": float(delta), "low": float(low), "high": float(high),
+            "p_value": (1 + hits) / (1 + resamples), "a_value": float(a_value), "b_value": float(b_value),
+            "seed_deltas": tuple(float(x) for x in full[:, 1] - full[:, 0]), "deltas": deltas}
+
+
 def compare(dataset_dir: Path, a: str, b: str, metric: str = "miou", *, eval_a: str = "val",
             eval_b: str = "val", seeds: Sequence[int] | None = None, resamples: int = 10_000,
             seed: int = 0, confidence: float = 0.95) -> Comparison:
@@ -285,8 +382,9 @@ def compare(dataset_dir: Path, a: str, b: str, metric: str = "miou", *, eval_a: 
     with a paired bootstrap CI over images and a randomisation p-value; see the module docstring.
     ``eval_a``/``eval_b`` pick the evaluation (``"val_crf"``: after the dense CRF). Raises
     :class:`NotComparable` when a cell is missing, the images differ or the metric is not per-image."""
-    runs_a = load_run_counts(dataset_dir, a, eval_a, metric, seeds)
-    runs_b = load_run_counts(dataset_dir, b, eval_b, metric, seeds)
+    load = load_run_records if metric in INSTANCE_METRICS else load_run_counts
+    runs_a = load(dataset_dir, a, eval_a, metric, seeds)
+    runs_b = load(dataset_dir, b, eval_b, metric, seeds)
     common = tuple(s for s in runs_a.seeds if s in runs_b.seeds)
     if not common:
         raise NotComparable(f"{a} has seeds {list(runs_a.seeds)}, {b} has {list(runs_b.seeds)}: no seed to pair")
@@ -296,8 +394,12 @@ def compare(dataset_dir: Path, a: str, b: str, metric: str = "miou", *, eval_a: 
         raise NotComparable(f"{a} and {b} were evaluated on different images; a paired comparison needs the same")
     left_out = {r.variant + eval_suffix(r.key): tuple(s for s in r.seeds if s not in common)
                 for r in (runs_a, runs_b)}
-    result = paired_bootstrap(runs_a.subset(common).counts, runs_b.subset(common).counts, metric,
-                              resamples, seed, confidence)
+    if metric in INSTANCE_METRICS:
+        result = paired_bootstrap_ap(runs_a.subset(common).records, runs_b.subset(common).records, metric,
+                                     resamples, seed, confidence)
+    else:
+        result = paired_bootstrap(runs_a.subset(common).counts, runs_b.subset(common).counts, metric,
+                                  resamples, seed, confidence)
     return Comparison(a=a, b=b, metric=metric, eval_a=eval_a, eval_b=eval_b,
                       a_value=result["a_value"], b_value=result["b_value"], delta=result["delta"],
                       low=result["low"], high=result["high"], p_value=result["p_value"],

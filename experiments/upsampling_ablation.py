@@ -54,8 +54,8 @@ ABLATION = Ablation(
     synthetic_task="thin",
     variants=VARIANTS,
     paper_data="voc",
-    # Odena et al. state no numbers; the statistic is lightning_modules/checkerboard.py's. The
-    # claims table marks these "not testable" until the statistic is stored per image.
+    # Odena et al. state no numbers; the statistic is lightning_modules/checkerboard.py's, stored
+    # per image (its mean over the images is the reported number), so the bootstrap resamples it.
     claims=tuple(
         Claim(f"{net} transposed", f"{net} {other}", "<", "checkerboard",
               source="Odena, Dumoulin & Olah, Distill 2016: resize-convolution and fixed interpolation "

@@ -35,9 +35,12 @@ values against. Choices:
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import torch
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import CatMetric, MeanMetric, MetricCollection
 
 
 def checkerboard_energy(
@@ -72,7 +75,9 @@ def checkerboard_energy(
 class CheckerboardEvaluator(nn.Module):
     """Mean over evaluated images of :func:`checkerboard_energy` at ``period`` (an
     :class:`~lightning_modules.metrics.Evaluator`): adds ``checkerboard`` and
-    ``checkerboard_period`` to ``last_metrics[stage]``."""
+    ``checkerboard_period`` to ``last_metrics[stage]``, and each image's value (with its dataset
+    index, ``module.batch_indices``) to the stage's per-image file (``per_image()``), so that
+    ``experiments/stats.py`` can resample the images: the reported number is their mean."""
 
     name = None
 
@@ -82,18 +87,40 @@ class CheckerboardEvaluator(nn.Module):
             raise ValueError(f"CheckerboardEvaluator period must be an int >= 2 (output pixels), got {period!r}")
         self.period = period
         self.mean = MeanMetric()  # a synced sum and count
+        self.values = CatMetric(nan_strategy="disable")  # per image, gathered across processes
+        self.index = CatMetric(nan_strategy="disable")
 
     def setup(self, metrics: MetricCollection) -> None:
         pass
 
     def update(self, images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor, module) -> None:
-        self.mean.update(checkerboard_energy(probs.float(), self.period))
+        energy = checkerboard_energy(probs.float(), self.period)
+        self.mean.update(energy)
+        self.values.update(energy.double())
+        index = getattr(module, "batch_indices", None)
+        self.index.update((index if index is not None else torch.full_like(energy, -1)).double())
 
     def compute(self) -> dict[str, object]:
         return {"checkerboard": float(self.mean.compute()), "checkerboard_period": self.period}
 
+    def per_image(self) -> dict[str, np.ndarray] | None:
+        """``index`` (N,) and ``checkerboard`` (N,) sorted by dataset index; None (with a warning)
+        when an index is unknown or repeated. Merged into the stage's per-image counts."""
+        if not self.values.update_count:
+            return None
+        values = self.values.compute().reshape(-1).cpu().numpy()
+        index = self.index.compute().reshape(-1).cpu().numpy().astype(np.int64)
+        if (index < 0).any() or len(np.unique(index)) != len(index):
+            warnings.warn("per-image checkerboard values not reported: the evaluation order is unknown or an "
+                          "image was evaluated twice", stacklevel=2)
+            return None
+        order = np.argsort(index)
+        return {"index": index[order], "checkerboard": values[order]}
+
     def reset(self) -> None:
         self.mean.reset()
+        self.values.reset()
+        self.index.reset()
 
     def extra_repr(self) -> str:
         return f"period={self.period}"

@@ -18,6 +18,12 @@ the schedule and the logging, as ``SegmentationModule`` does for the semantic mo
   official COCO evaluation code (``backend``: pycocotools or faster_coco_eval). After every
   validation ``last_metrics = {"val": {"mask_ap", "mask_ap50", "mask_ap75", "box_ap",
   "box_ap50", "box_ap75"}}`` as fractions in [0, 1], logged as ``val/mask_ap`` etc.
+- Per-image records (``lightning_modules/per_image_ap.py``): the same evaluation's per-image
+  matches, scores and ground-truth counts, from which any resample of the images gives COCO AP
+  exactly (checked against the reported numbers every validation), as
+  ``last_per_image["val"]``; the cell writes them to ``per_image_val.npz`` for
+  ``experiments/stats.py``'s paired bootstrap. Each image's dataset index comes from the
+  evaluation loader's sampler (``per_image.evaluation_order``), as for the semantic models.
 """
 
 from __future__ import annotations
@@ -28,18 +34,20 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics.detection import MeanAveragePrecision
 
 from lightning_modules import optim
+from lightning_modules.per_image import evaluation_order
+from lightning_modules.per_image_ap import PerImageMeanAveragePrecision, run_ap
 from lightning_modules.segmentation import SegmentationModule
 
 METRIC_KEYS = {"mask_ap": "segm_map", "mask_ap50": "segm_map_50", "mask_ap75": "segm_map_75",
                "box_ap": "bbox_map", "box_ap50": "bbox_map_50", "box_ap75": "bbox_map_75"}
 
 
-def detection_metric(backend: str = "pycocotools") -> MeanAveragePrecision:
-    """COCO box and mask AP over a whole dataset (predicted masks thresholded at 0.5)."""
-    return MeanAveragePrecision(iou_type=("bbox", "segm"), backend=backend)
+def detection_metric(backend: str = "pycocotools") -> PerImageMeanAveragePrecision:
+    """COCO box and mask AP over a whole dataset (predicted masks thresholded at 0.5), keeping the
+    per-image records a paired bootstrap needs (``lightning_modules/per_image_ap.py``)."""
+    return PerImageMeanAveragePrecision(backend=backend)
 
 
 def to_metric_inputs(outputs: Sequence[dict], targets: Sequence[dict]) -> tuple[list, list]:
@@ -80,6 +88,9 @@ class InstanceSegmentationModule(L.LightningModule):
         self.num_classes = num_classes
         self.val_map = detection_metric(backend)
         self.last_metrics: dict[str, dict] = {}
+        self.last_per_image: dict[str, dict] = {}  # "val": the per-image AP records, written by the cell
+        self._eval_order: list[int] | None = None
+        self._eval_seen = 0
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -106,16 +117,31 @@ class InstanceSegmentationModule(L.LightningModule):
         self.log("train/lr", optim.device_scalar(self, self.apply_lr_schedule()), batch_size=len(batch[0]))
 
     # --- evaluation: one dataset-level COCO evaluation per validation ------------------------
+    _next_indices = SegmentationModule._next_indices  # dataset indices of the next evaluated images
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_seen = 0
+        self._eval_order = (evaluation_order(self.trainer.val_dataloaders) or []) if self._trainer is not None else None
+
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
-        self.val_map.update(*to_metric_inputs(self.model(images), targets))
+        self.val_map.update(*to_metric_inputs(self.model(images), targets),
+                            index=self._next_indices(len(images)))
 
     def on_validation_epoch_end(self) -> None:
         result = self.val_map.compute()  # synced over processes by torchmetrics
+        records = self.val_map.records
         self.val_map.reset()
+        self._eval_seen, self._eval_order = 0, None
         metrics = {}
         for key, name in METRIC_KEYS.items():
             value = float(result[name])
             metrics[key] = value if value >= 0 else math.nan  # -1: no ground truth at all
             self.log(f"val/{key}", metrics[key], prog_bar=key == "mask_ap")
+            # the records reproduce every reported number (float32, as torchmetrics returns them)
+            if records is not None and value >= 0 and torch.tensor(run_ap(records, key)).float() != result[name].float():
+                raise RuntimeError(f"per-image AP records give {key} = {run_ap(records, key)}, the evaluation "
+                                   f"{value}: a bug")
         self.last_metrics["val"] = metrics
+        if records is not None:
+            self.last_per_image["val"] = records

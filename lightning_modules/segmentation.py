@@ -39,6 +39,7 @@ import functools
 from collections.abc import Sequence
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -340,8 +341,14 @@ class SegmentationModule(L.LightningModule):
         for ev in self.evaluators:
             key = f"{stage}_{ev.name}" if ev.name else stage
             results.setdefault(key, {}).update(ev.compute())
-            if hasattr(ev, "per_image"):  # optional: an evaluator with its own predictions
-                per_image[key] = ev.per_image()
+            if hasattr(ev, "per_image"):  # optional: per-image values of the evaluator
+                rows = ev.per_image()
+                if ev.name or rows is None:  # its own predictions (the CRF's): its own file
+                    per_image[key] = rows
+                elif per_image.get(key) is not None:  # a statistic of the stage's images: same file
+                    if not np.array_equal(rows["index"], per_image[key]["index"]):
+                        raise RuntimeError(f"{type(ev).__name__}'s per-image rows are not the evaluated images: a bug")
+                    per_image[key] = {**per_image[key], **rows}
             ev.reset()
         self._eval_seen, self._eval_order, self.batch_indices = 0, None, None
         self.last_per_image.update({k: v for k, v in per_image.items() if v is not None})

@@ -180,6 +180,8 @@ def test_module_reports_fractions_via_validation_hooks():
     module.on_validation_epoch_end()  # no trainer: self.log only warns
     assert module.last_metrics["val"] == pytest.approx(dict.fromkeys(
         ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75"), 1.0))
+    records = module.last_per_image["val"]  # no trainer: the position is the index
+    assert records["index"].tolist() == [0] and records["mask_det_tp"].shape == (2, 10)
 
 
 def test_schedule_poly_and_paper_steps():

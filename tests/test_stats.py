@@ -172,8 +172,11 @@ def test_missing_cells_and_instance_metrics_are_named(tmp_path):
     assert err.value.status == "not run"
     with pytest.raises(stats.NotComparable, match="no such evaluation") as err:
         stats.compare(tmp_path, "A", "A", eval_b="val_crf")
-    with pytest.raises(stats.NotComparable, match="COCO AP is not a sum") as err:
-        stats.compare(tmp_path, "A", "A", "mask_ap")
+    with pytest.raises(stats.NotComparable, match="no mask_ap records") as err:
+        stats.compare(tmp_path, "A", "A", "mask_ap")  # a semantic run's file
+    assert err.value.status == "no per-image mask_ap"
+    with pytest.raises(stats.NotComparable, match="unknown metric") as err:
+        stats.compare(tmp_path, "A", "A", "dice")
     assert err.value.status.startswith("not testable")
     fake_run(tmp_path, "C", 0, base_counts(n=59))
     with pytest.raises(stats.NotComparable, match="different images"):
@@ -291,13 +294,13 @@ def test_paper_deltas_come_from_the_paper_numbers():
     assert claims.paper_delta(ROI, box) == pytest.approx(34.0 - 28.2)
 
 
-def test_instance_claims_are_shown_as_not_testable(tmp_path):
+def test_instance_claims_without_records_are_shown_as_not_run(tmp_path):
     from experiments.roi_align_ablation import ABLATION as ROI
 
     rows = claims.evaluate_claims(ROI, tmp_path)
-    assert [r["verdict"] for r in rows] == ["not testable: no per-image mask_ap", "not testable: no per-image box_ap"]
+    assert [r["verdict"] for r in rows] == ["not run", "not run"]
     text = claims.render_markdown("roi", rows)
-    assert "Not testable: COCO AP is not a sum" in text and "+3.40" in text
+    assert "+3.40" in text and "COCO AP: from each image's matched detections" in text
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         claims.render_csv(rows)
