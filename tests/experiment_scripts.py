@@ -188,3 +188,27 @@ def syncbn_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         "buffers": {n: b for n, b in net.named_buffers()},
     }, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def ap_records_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """One rank of a 2-process COCO evaluation: images rank, rank + 2, ... in batches of 3, as
+    UnpaddedDistributedSampler deals them; saves the synced AP and the per-image records."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from lightning_modules.instance import METRIC_KEYS, detection_metric
+    from tests.test_per_image_ap import fake_detections
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    preds, gts = fake_detections(n_images=12)
+    mine = list(range(rank, 12, world))
+    metric = detection_metric()
+    for start in range(0, len(mine), 3):
+        idx = mine[start:start + 3]
+        metric.update([preds[i] for i in idx], [gts[i] for i in idx], index=idx)
+    result = metric.compute()
+    np.savez(f"{out_dir}/rank{rank}.npz", **metric.records,
+             **{f"reported_{k}": float(result[name]) for k, name in METRIC_KEYS.items()})
+    dist.destroy_process_group()

@@ -218,3 +218,21 @@ def test_upsampling_runs_store_checkerboard_per_image(tmp_path):
     claim = next(line for line in (folder / "claims.md").read_text().splitlines()
                  if line.startswith("| FCN-8s bilinear < FCN-8s transposed"))
     assert any(v in claim for v in stats.VERDICTS) and "1 × 1" not in claim and "5 × 1" in claim
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_gathers_records_of_every_image_once(tmp_path):
+    """Under DDP (gloo, 2 processes, images dealt round-robin) the synced records are those of
+    one process evaluating all images: same dataset indices, same AP to the last bit."""
+    import torch.multiprocessing as mp
+
+    from tests.experiment_scripts import ap_records_worker
+
+    mp.spawn(ap_records_worker, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
+    single, records = evaluate(*fake_detections(n_images=12))
+    for rank in (0, 1):
+        with np.load(tmp_path / f"rank{rank}.npz") as got:
+            assert got["index"].tolist() == list(range(12))
+            for key, name in METRIC_KEYS.items():
+                assert got[f"reported_{key}"] == float(single[name])
+                assert run_ap(dict(got), key) == run_ap(records, key)
