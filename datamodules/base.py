@@ -135,37 +135,44 @@ def seed_worker(worker_id: int, rank: int = 0) -> None:
     np.random.seed(s[2:4])
 
 
-def pad_collate(
-    batch: Sequence[tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (image, mask) pairs, padding bottom/right to the largest H and W in the batch:
-    images with 0 (the mean colour once normalised), masks with ``IGNORE_INDEX``."""
-    images, masks = zip(*batch, strict=True)
+def pad_collate(batch: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Stack (image, mask) pairs — or (image, mask, pixel weights) triples — padding bottom/right
+    to the largest H and W in the batch: images with 0 (the mean colour once normalised), masks
+    with ``IGNORE_INDEX``, weights with 0."""
+    columns = list(zip(*batch, strict=True))
+    masks = columns[1]
     h = max(m.shape[-2] for m in masks)
     w = max(m.shape[-1] for m in masks)
     if all(tuple(m.shape[-2:]) == (h, w) for m in masks):
-        return torch.stack(images), torch.stack(masks)
-    out_img = images[0].new_zeros((len(images), images[0].shape[0], h, w))
-    out_mask = masks[0].new_full((len(masks), h, w), IGNORE_INDEX)
-    for i, (img, m) in enumerate(zip(images, masks, strict=True)):
-        out_img[i, :, : img.shape[-2], : img.shape[-1]] = img
-        out_mask[i, : m.shape[-2], : m.shape[-1]] = m
-    return out_img, out_mask
+        return tuple(torch.stack(c) for c in columns)
+    fills = (0, IGNORE_INDEX, 0)
+    out = []
+    for column, fill in zip(columns, fills, strict=False):
+        stacked = column[0].new_full((len(column), *column[0].shape[:-2], h, w), fill)
+        for i, x in enumerate(column):
+            stacked[i, ..., : x.shape[-2], : x.shape[-1]] = x
+        out.append(stacked)
+    return tuple(out)
 
 
 class TransformedDataset(Dataset):
-    """Apply a joint ``transform(image, mask)`` on top of a raw dataset."""
+    """Apply a joint ``transform(image, mask)`` on top of a raw dataset; with ``pixel_weights``
+    (a picklable ``mask -> H×W float`` function) each item also carries the weights of its
+    transformed mask, computed where the item is made (in the loader's workers)."""
 
-    def __init__(self, dataset: Dataset, transform) -> None:
+    def __init__(self, dataset: Dataset, transform, pixel_weights=None) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.pixel_weights = pixel_weights
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        image, mask = self.dataset[index]
-        return self.transform(image, mask)
+        image, mask = self.transform(*self.dataset[index])
+        if self.pixel_weights is None:
+            return image, mask
+        return image, mask, self.pixel_weights(mask)
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -183,6 +190,11 @@ class SegmentationDataModule(L.LightningDataModule):
         pin_memory: None = ``torch.cuda.is_available()``.
         persistent_workers: keep workers between epochs (only used when ``num_workers > 0``).
         seed: seeds the training shuffle and the workers' augmentation RNGs.
+
+    ``pixel_weights`` (attribute, default None): a picklable ``mask -> H×W float`` function; when
+    set before ``setup``, each training item also carries its loss weights, computed in the
+    loader's workers rather than in the training step (U-Net's weight map: the runner sets it to
+    the module's ``train_pixel_weights()``).
     """
 
     num_classes: int = 0
@@ -231,6 +243,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.train_size: int | None = None
+        self.pixel_weights = None
         self._train = self._val = self._test = None
 
     # -- for subclasses -------------------------------------------------------------------
@@ -258,7 +271,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 )
             self.train_size = len(self.train_set)
             log.info("%s: %d training images", type(self).__name__, self.train_size)
-            self._train = TransformedDataset(self.train_set, self.build_train_transform())
+            self._train = TransformedDataset(self.train_set, self.build_train_transform(), self.pixel_weights)
         if self.val_set is None:
             raise RuntimeError(f"{type(self).__name__}.make_datasets({stage!r}) set no val_set")
         eval_tf = self.build_eval_transform()

@@ -152,6 +152,8 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         init_record = init_from_checkpoint(model, parent_checkpoint(run_dir, card["init_from"]))
     task = get_task(card["task"])
     module = task.build_module(model, num_classes, datamodule.class_names, recipe)
+    if hasattr(module, "train_pixel_weights") and hasattr(datamodule, "pixel_weights"):
+        datamodule.pixel_weights = module.train_pixel_weights()  # U-Net's weight map, in the loader's workers
     tr = recipe.trainer
     ckpt_dir = run_dir / "checkpoints"
     # no version counter: last.ckpt/best.ckpt are replaced in place (atomically), never -v1 copies

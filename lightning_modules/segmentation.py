@@ -233,23 +233,32 @@ class SegmentationModule(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
-    def pixel_weights(self, masks: torch.Tensor) -> torch.Tensor | None:
+    def train_pixel_weights(self):
+        """The per-pixel loss weights of one training mask as a picklable function (None without
+        ``border_weight``): the data module computes them in its workers (``pixel_weights``), so
+        a GPU step does not wait for the CPU; a batch without them gets them here."""
         if not self.hparams.border_weight:
             return None
         from models.unet_weights import unet_weight_map
 
-        maps = [unet_weight_map(m.cpu(), ignore_index=IGNORE_INDEX) for m in masks]
-        return torch.stack(maps).to(masks.device, torch.float32)
+        return functools.partial(unet_weight_map, ignore_index=IGNORE_INDEX)
+
+    def pixel_weights(self, masks: torch.Tensor) -> torch.Tensor | None:
+        weights = self.train_pixel_weights()
+        if weights is None:
+            return None
+        return torch.stack([weights(m.cpu()) for m in masks]).to(masks.device, torch.float32)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, masks = batch
+        images, masks, *given = batch  # (images, masks[, pixel weights from the loader])
         out = self(images)
         if "msc" in out:  # multi-scale inputs: every scale and the fusion (models/msc.py)
             if self.hparams.border_weight:
                 raise ValueError("border_weight (U-Net's weight map) is not defined for multi-scale score maps")
             loss = msc_loss(out["msc"], masks)
         else:
-            loss = segmentation_loss(out["out"], masks, self.pixel_weights(masks))
+            weights = given[0] if given else self.pixel_weights(masks)
+            loss = segmentation_loss(out["out"], masks, weights)
         self.log("train/loss_main", loss.detach(), prog_bar=False)
         if self.hparams.aux_weight > 0 and "aux" in out:
             aux = segmentation_loss(out["aux"], masks)

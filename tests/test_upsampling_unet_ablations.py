@@ -81,3 +81,34 @@ def test_unet_variants_are_padding_times_border_weight_on_touching_cells():
     assert all(v.model == "unet" and v.paper is None for v in variants)
     assert UNET_ABLATION.synthetic_task == "touching"
     assert UNET_ABLATION.paper.pretrained is False
+
+
+def test_weight_maps_come_from_the_loader_equal_to_the_step_computing_them():
+    """With border_weight the runner hands the module's weight function to the data module: each
+    training item carries its weight map (computed in the workers), the collated maps equal
+    what the step would compute from the batch's masks, and the loss is the same."""
+    from datamodules.synthetic import SyntheticDataModule
+
+    cell = resolve(UNET_ABLATION, next(n for n, v in UNET_ABLATION.variants.items()
+                                       if v.recipe["optim"]["border_weight"]), Run(changes={"width": 1 / 16}))
+    dm = SyntheticDataModule(task="touching", num_train=4, num_val=2, image_size=64, batch_size=2,
+                             num_workers=0, augment="none", crop_size=None)
+    model = build_model("unet", dm.num_classes, **cell.model_kwargs)
+    module = get_task("semantic").build_module(model, dm.num_classes, dm.class_names, cell.recipe)
+    dm.pixel_weights = module.train_pixel_weights()
+    dm.setup("fit")
+    images, masks, weights = next(iter(dm.train_dataloader()))
+    assert weights.shape == masks.shape and weights.dtype == torch.float32
+    torch.testing.assert_close(weights, module.pixel_weights(masks), rtol=0, atol=0)
+    module.log = lambda *a, **k: None  # no Trainer to log to
+    torch.manual_seed(0)
+    with_given = module.training_step((images, masks, weights), 0)
+    torch.manual_seed(0)
+    computed = module.training_step((images, masks), 0)
+    assert with_given.item() == computed.item()
+    # no border weight: the loader's items stay pairs
+    plain = get_task("semantic").build_module(build_model("unet", 2, **cell.model_kwargs), 2, ("b", "c"),
+                                              resolve(UNET_ABLATION, next(n for n, v in UNET_ABLATION.variants.items()
+                                                      if not v.recipe["optim"]["border_weight"]),
+                                                      Run(changes={"width": 1 / 16})).recipe)
+    assert plain.train_pixel_weights() is None
