@@ -240,6 +240,10 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         "steps": trainer.global_step, "train_time_s": round(time.time() - started, 1),
         "train_size": getattr(datamodule, "train_size", None),
         "init_from": init_summary(init_record) if init_record is not None else None,
+        # CPU weight gradients depend on the thread count (oneDNN splits the reduction), so the
+        # same seed reproduces bit for bit only with the same torch, device and threads
+        "environment": {"torch": torch.__version__, "device": str(trainer.strategy.root_device),
+                        "cpu_threads": torch.get_num_threads()},
     }
     if wandb_logger is not None and trainer.is_global_zero:
         wandb_logger.experiment.summary[f"best_{task.monitor.replace('/', '_')}"] = float(best_ckpt.best_model_score or 0)

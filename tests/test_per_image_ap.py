@@ -211,7 +211,11 @@ def test_upsampling_runs_store_checkerboard_per_image(tmp_path):
                     "--set", "data.num_train=8", "--set", "data.num_val=5"])
     folder = next((tmp_path / "upsampling").iterdir())
     run = folder / "FCN-8s transposed" / "seed0"
-    reported = json.loads((run / "metrics.json").read_text())["val"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    reported = metrics["val"]
+    # recorded with the result: what bit-for-bit reproduction needs besides the seed
+    assert metrics["environment"] == {"torch": torch.__version__, "device": "cpu",
+                                      "cpu_threads": torch.get_num_threads()}
     rows = per_image.load(run / per_image.file_name("val"))
     assert rows["index"].tolist() == list(range(5)) and rows["tp"].shape[0] == 5  # with the counts
     assert rows["checkerboard"].mean() == pytest.approx(reported["checkerboard"], rel=1e-5)
