@@ -110,3 +110,18 @@ def test_evaluator_averages_over_images_and_resets():
     assert ev.compute()["checkerboard"] == pytest.approx(checkerboard_energy(b, 2).item())
     with pytest.raises(ValueError, match="period"):
         CheckerboardEvaluator(1)
+
+
+def test_label_baseline_tool_softer_edges_score_lower(capsys):
+    """tools/checkerboard_baseline.py: the labels' own statistic (no upsampling at all) is well
+    above 0, and blurring them lowers it: the level a smooth-but-sharp prediction reads."""
+    from tools.checkerboard_baseline import label_baseline, main
+
+    values = label_baseline("thin", 64, 4, 16, (3, 5))
+    assert set(values) == {"labels", "blur 3", "blur 5"}
+    assert all(v.shape == (4,) and ((v >= 0) & (v <= 1)).all() for v in values.values())
+    assert values["labels"].mean() > values["blur 3"].mean() > values["blur 5"].mean() > 0
+    main(["--image-size", "64", "--num", "4", "--blur", "3"])
+    assert "labels:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--task", "nope", "--num", "2"])
