@@ -22,6 +22,14 @@ a job array; ``cells --levels`` prefixes each with its stage-wise dependency lev
 see ``experiments/stages.py``). Variants that start from another's weights (``init_from``) run
 after it; selecting one whose parent is neither selected nor finished is an error. ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes; the
 per-device batch is the paper's global batch / (N·M·accumulate).
+
+``--jobs N`` trains N cells side by side on one machine (small smoke models use a few CPU cores
+far better as several single-threaded processes than as one multi-threaded one): the command
+starts N − 1 more processes of the same script (``--job-worker``), every process takes this
+machine's threads / N, and they share the sweep through the cell locks (``experiments/lock.py``:
+a cell another process holds is skipped, one whose ``init_from`` parent another process is still
+training is left to that process, which reaches it next). The first process waits for the others
+and writes the table once.
 """
 
 from __future__ import annotations
@@ -29,8 +37,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from experiments.card import Run, dataset_key, recipe_card, resolve
 from experiments.cell import run_cell
@@ -38,7 +50,7 @@ from experiments.distributed import global_rank
 from experiments.progress import SweepClock
 from experiments.recipe import PRECISIONS, RecipeError
 from experiments.spec import Ablation
-from experiments.stages import cell_levels, check_parents, stage_order
+from experiments.stages import cell_levels, check_parents, is_finished, parent_dir, stage_order
 from experiments.atomic import write_text_atomic
 from experiments.table import collect_rows, render_csv, render_markdown
 from experiments.tasks import get_task
@@ -86,6 +98,10 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", nargs="+", type=NON_NEGATIVE_INT, help="seeds (default: the preset's)")
     seeds.add_argument("--seed", type=NON_NEGATIVE_INT, help="run exactly one seed")
+    p.add_argument("--jobs", type=POSITIVE_INT, default=1,
+                   help="train this many cells side by side on this machine, each process with its share of the "
+                        "CPU threads (default 1); see experiments/runner.py")
+    p.add_argument("--job-worker", action="store_true", help=argparse.SUPPRESS)  # one of --jobs' processes
     p.add_argument("--devices", type=POSITIVE_INT, default=1)
     p.add_argument("--num-nodes", type=POSITIVE_INT, default=1)
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
@@ -270,6 +286,12 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> tuple[argparse.Nam
         p.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once (a repeated seed is the same run)")
     if args.command != "cells" and not args.dry_run:
         _check_out(p, args.out)
+    if args.jobs > 1 and (args.command != "run" or args.devices > 1 or args.num_nodes > 1
+                          or (args.variant is not None and args.seed is not None)):
+        p.error("--jobs N runs several cells side by side in one machine's processes: only with the run command, "
+                "one device per cell (no --devices/--num-nodes) and more than one cell")
+    if args.jobs > 1 and not script_of(ablation).is_file():
+        p.error(f"--jobs needs the ablation's script {script_of(ablation)} (its extra processes run it)")
     args.preset = args.preset or ("smoke" if synthetic else "paper")
     for name in ablation.options:
         ablation = ablation.with_option(name, getattr(args, name))
@@ -395,7 +417,7 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
         return []
     if args.command == "run":
         cards = args.cards
-        if run.preset == "smoke" and global_rank() == 0:
+        if run.preset == "smoke" and global_rank() == 0 and not args.job_worker:
             print_smoke_changes(ablation, run, cards)
         task = get_task(ablation.task)
         dataset = task.dataset(run.data)
@@ -406,23 +428,21 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
         # way on every rank because they all see the same run directory.
         todo = [(name, seed) for name in names for seed in seeds
                 if not (out_dir / name / f"seed{seed}" / "metrics.json").exists()]
+        side_by_side, workers = args.jobs > 1 or args.job_worker, []
         sweep = SweepClock([args.cells[name].recipe.trainer.max_steps for name, _ in todo])
         if todo and global_rank() == 0:
             print(f"[sweep] {len(todo)} cell(s) to train, {sum(sweep.steps):,} optimiser steps")
-        for name in names:
-            cell = args.cells[name]
-            for seed in seeds:
-                card = cards[name] if seed == seeds[0] else {**cards[name], "seed": seed}
-                index = todo.index((name, seed)) if (name, seed) in todo else None
-
-                def make_datamodule(s: int, cell=cell):
-                    return dataset.build(run.data_root, card["data_source"]["synthetic_task"], s,
-                                         cell.batch_per_device, cell.recipe.data)
-
-                run_cell(card, cell, run, out_dir / name / f"seed{seed}", make_datamodule,
-                         args.wandb_project if args.logger == "wandb" else None, verbose=not args.quiet,
-                         progress=(sweep, index) if index is not None else None)
-    if global_rank() != 0:  # the table is written once, by rank 0
+        threads = torch.get_num_threads()
+        try:
+            workers = start_job_workers(ablation, argv, args.jobs) if side_by_side and todo and not args.job_worker else []
+            train_cells(args, run, dataset, names, seeds, out_dir, todo, sweep, cards, side_by_side)
+        finally:  # the other processes' cells belong to this sweep: wait for them, even after an error
+            failed = [w for w in workers if w.wait() != 0]
+            torch.set_num_threads(threads)
+        if failed:
+            raise SystemExit(f"--jobs: {len(failed)} of the other processes failed (their output is above); "
+                             "rerun the same command to train what is left")
+    if global_rank() != 0 or args.job_worker:  # the table is written once, by rank 0 / the first process
         return []
     # One cell (e.g. a job-array task) refreshes the whole table from the finished cells, as
     # collect does, instead of overwriting it with its own row; the W&B table is left to collect.
@@ -433,6 +453,47 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
         seeds = list(args.seeds or next(iter(args.cells.values())).recipe.seeds)
     with_crf = next(iter(args.cells.values())).recipe.eval.crf is not None
     return write_table(ablation, args, run, names, seeds, out_dir, with_crf, log_wandb=not one_cell)
+
+
+def train_cells(args, run: Run, dataset, names: list[str], seeds: list[int], out_dir: Path, todo: list,
+                sweep: SweepClock, cards: dict, side_by_side: bool) -> None:
+    """Train (or skip, or resume) every selected cell in order, in this process."""
+    for name in names:
+        cell = args.cells[name]
+        for seed in seeds:
+            card = cards[name] if seed == seeds[0] else {**cards[name], "seed": seed}
+            index = todo.index((name, seed)) if (name, seed) in todo else None
+
+            parent = cell.recipe.init_from
+            run_dir = out_dir / name / f"seed{seed}"
+            if side_by_side and parent and not is_finished(parent_dir(run_dir, parent)):
+                print(f"[waits] {run_dir}: its parent {parent!r} has not finished; left to the process "
+                      "training it, which reaches this cell after it")
+                continue
+
+            def make_datamodule(s: int, cell=cell):
+                return dataset.build(run.data_root, card["data_source"]["synthetic_task"], s,
+                                     cell.batch_per_device, cell.recipe.data)
+
+            run_cell(card, cell, run, run_dir, make_datamodule,
+                     args.wandb_project if args.logger == "wandb" else None, verbose=not args.quiet,
+                     progress=(sweep, index) if index is not None else None)
+
+
+def script_of(ablation: Ablation) -> Path:
+    """The script that defines ``ablation``: ``experiments/<name>_ablation.py``."""
+    return Path(__file__).resolve().parent / f"{ablation.name}_ablation.py"
+
+
+def start_job_workers(ablation: Ablation, argv: list[str] | None, jobs: int) -> list[subprocess.Popen]:
+    """``--jobs``: start ``jobs - 1`` more processes of the same command, give every process
+    (this one too) ``threads // jobs`` CPU threads, and return the started processes."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    torch.set_num_threads(threads)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, str(script_of(ablation)), *(sys.argv[1:] if argv is None else argv), "--job-worker"]
+    print(f"[jobs] {jobs} processes side by side, {threads} CPU thread(s) each")
+    return [subprocess.Popen(command, env=env) for _ in range(jobs - 1)]
 
 
 SMOKE_NOTE = ("SMOKE PRESET: synthetic '{task}' task, width-scaled networks trained from scratch on the CPU. "

@@ -148,3 +148,34 @@ def test_submit_runs_one_array_per_level_after_the_previous(tmp_path):
     assert "--dependency" not in first and f"CELLS_FILE={level0}" in first and "--array=0-1" in first
     assert "--dependency=afterok:DRYRUN_JOB_ID0" in second and f"CELLS_FILE={level1}" in second
     assert "--dependency=afterany:DRYRUN_JOB_ID0:DRYRUN_JOB_ID1" in collect
+
+
+@pytest.mark.slow
+def test_jobs_train_cells_side_by_side_children_after_their_parents(tmp_path, capsys):
+    """--jobs 2: two processes share the sweep through the cell locks; a child cell whose parent
+    the other process is training is left to that process; every cell ends trained once, from
+    its parent's final weights, with half the threads, and the table is written once."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fcn_skip_ablation", "experiments/fcn_skip_ablation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()
+    out = tmp_path / "out"
+    main(script.ABLATION, ["--out", str(out), "--quiet", "--no-figures", "--jobs", "2", "--variants", "FCN-32s",
+                           "FCN-16s", "--seeds", "0", "1", "--max-steps", "40", "--width", "0.0625", "--image-size",
+                           "64", "--set", "data.num_train=8", "--set", "data.num_val=4"])
+    assert torch.get_num_threads() == threads  # this process's threads are given back
+    assert f"[jobs] 2 processes side by side, {max(1, threads // 2)} CPU thread(s) each" in capsys.readouterr().out
+    cells = out / "fcn_skip" / "synthetic_thin64px-smoke"
+    for seed in (0, 1):
+        for name in ("FCN-32s", "FCN-16s"):
+            metrics = json.loads((cells / name / f"seed{seed}" / "metrics.json").read_text())
+            assert metrics["environment"]["cpu_threads"] == max(1, threads // 2)
+        record = json.loads((cells / "FCN-16s" / f"seed{seed}" / "init_from.json").read_text())
+        assert record["checkpoint"] == str(cells / "FCN-32s" / f"seed{seed}" / "checkpoints" / "last.ckpt")
+    table = (cells / "results.md").read_text()
+    assert "| FCN-32s |" in table and "| FCN-16s |" in table and "(n=2)" in table
+    with pytest.raises(SystemExit):  # one cell cannot be split
+        main(script.ABLATION, ["--out", str(out), "--jobs", "2", "--variant", "FCN-32s", "--seed", "0"])
+    assert "--jobs N runs several cells side by side" in capsys.readouterr().err
