@@ -209,3 +209,21 @@ def test_gpu_train_benchmark_tiny_runs_on_the_cpu_and_writes_one_row_per_configu
             assert step["step_s"] > 0 and step["images_per_s"] > 0 and step["warmup_s"] > 0
         assert loader["images_per_s"] > 0 and loader["images"] > 0
         assert f"| {row['title']} |" in proc.stdout  # and one markdown row each
+
+
+@pytest.mark.slow
+def test_cpu_jobs_benchmark_tiny_times_a_sweep_per_setting(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "jobs.json"
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "cpu_jobs.py"), "--tiny", "--variants", "ASPP-S",
+                           "--seeds", "0", "1", "--jobs", "2", "--json", str(out)], cwd=repo, capture_output=True,
+                          text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["jobs"], r["cells"]) for r in rows] == [(2, 2)] and rows[0]["wall_s"] > 0
+    assert "| 2 |" in proc.stdout
