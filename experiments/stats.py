@@ -282,6 +282,20 @@ def _seed_mean_metric(totals: np.ndarray, metric: str, weights: np.ndarray | Non
     return per_seed.mean(-1) if weights is None else (per_seed * weights).sum(-1)
 
 
+def _summary(deltas: list[np.ndarray], swapped: list[np.ndarray], a_value: float, b_value: float,
+             seed_deltas: np.ndarray, confidence: float) -> dict[str, object]:
+    """The percentile interval of the bootstrap ``deltas``, the randomisation p-value of the
+    ``swapped`` differences against the observed Δ = b_value − a_value, and the values."""
+    deltas, swapped = np.concatenate(deltas), np.concatenate(swapped)
+    delta = b_value - a_value
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(deltas, [tail, 1 - tail]) if np.isfinite(deltas).all() else (np.nan, np.nan)
+    hits = int((np.abs(swapped) >= abs(delta) - 1e-12).sum())
+    return {"delta": float(delta), "low": float(low), "high": float(high),
+            "p_value": (1 + hits) / (1 + len(swapped)), "a_value": float(a_value), "b_value": float(b_value),
+            "seed_deltas": tuple(float(x) for x in seed_deltas), "deltas": deltas}
+
+
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, metric: str, resamples: int = 10_000, seed: int = 0,
                      confidence: float = 0.95, chunk: int = 1000) -> dict[str, object]:
     """The paired bootstrap and randomisation test on counts ``a``, ``b`` of shape (S, N, 3, C)
@@ -302,7 +316,6 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, metric: str, resamples: int =
     full = both.sum(0).reshape(2, s, 3, -1)
     per_seed = metric_of_counts(full[:, :, 0], full[:, :, 1], full[:, :, 2], metric)  # (2, S)
     a_value, b_value = per_seed.mean(1)
-    delta = b_value - a_value
     deltas, swapped = [], []
     for start in range(0, resamples, chunk):
         rows = min(chunk, resamples - start)
@@ -314,13 +327,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, metric: str, resamples: int =
         moved = (flip @ diff).reshape(rows, s, 3, -1)
         a_perm, b_perm = full[0] + moved, full[1] - moved
         swapped.append(_seed_mean_metric(b_perm, metric) - _seed_mean_metric(a_perm, metric))
-    deltas, swapped = np.concatenate(deltas), np.concatenate(swapped)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(deltas, [tail, 1 - tail]) if np.isfinite(deltas).all() else (np.nan, np.nan)
-    hits = int((np.abs(swapped) >= abs(delta) - 1e-12).sum())
-    return {"delta": float(delta), "low": float(low), "high": float(high),
-            "p_value": (1 + hits) / (1 + resamples), "a_value": float(a_value), "b_value": float(b_value),
-            "seed_deltas": tuple(float(x) for x in per_seed[1] - per_seed[0]), "deltas": deltas}
+    return _summary(deltas, swapped, a_value, b_value, per_seed[1] - per_seed[0], confidence)
 
 
 def paired_bootstrap_ap(a: Sequence[dict], b: Sequence[dict], metric: str, resamples: int = 10_000, seed: int = 0,
@@ -349,7 +356,6 @@ def paired_bootstrap_ap(a: Sequence[dict], b: Sequence[dict], metric: str, resam
     full = np.array([[ap(ranks, gt, rec, ones, ones)[0] for ranks in (ra, rb)]
                      for ra, rb, _, gt, rec in per_seed])  # (S, 2)
     a_value, b_value = full.mean(0)
-    delta = b_value - a_value
     rng = np.random.default_rng(seed)
     deltas, swapped = [], []
     for start in range(0, resamples, chunk):
@@ -366,13 +372,7 @@ def paired_bootstrap_ap(a: Sequence[dict], b: Sequence[dict], metric: str, resam
             perm += (ap(merged, gt, rec, 1 - to_a, all_images) - ap(merged, gt, rec, to_a, all_images)) / s
         deltas.append(boot)
         swapped.append(perm)
-    deltas, swapped = np.concatenate(deltas), np.concatenate(swapped)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(deltas, [tail, 1 - tail]) if np.isfinite(deltas).all() else (np.nan, np.nan)
-    hits = int((np.abs(swapped) >= abs(delta) - 1e-12).sum())
-    return {"delta": float(delta), "low": float(low), "high": float(high),
-            "p_value": (1 + hits) / (1 + resamples), "a_value": float(a_value), "b_value": float(b_value),
-            "seed_deltas": tuple(float(x) for x in full[:, 1] - full[:, 0]), "deltas": deltas}
+    return _summary(deltas, swapped, a_value, b_value, full[:, 1] - full[:, 0], confidence)
 
 
 def compare(dataset_dir: Path, a: str, b: str, metric: str = "miou", *, eval_a: str = "val",

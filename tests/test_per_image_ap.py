@@ -77,13 +77,20 @@ def test_records_reproduce_every_reported_ap_exactly(order):
     # a subset's AP is the AP of evaluating that subset alone
     subset = [0, 3, 4, 9, 10, 15]
     sub_result, _ = evaluate([preds[i] for i in subset], [gts[i] for i in subset])
-    weights = np.zeros((1, 16))
-    weights[0, subset] = 1
+    weights = np.zeros(16)
+    weights[subset] = 1
+    assert_weighted_ap_is(records, weights, sub_result)
+
+
+def assert_weighted_ap_is(records, weights, result):
+    """AP of the records with one weight per image equals ``result`` (an evaluation's output)."""
     from lightning_modules import per_image_ap
+
+    weights = np.asarray(weights, dtype=np.float64)[None]
     for key, name in METRIC_KEYS.items():
         ranks, gt, rec = per_image_ap.rankings([records], key)
         ours = per_image_ap.average_precision(ranks, gt, rec, weights, weights)[0]
-        assert ours == pytest.approx(float(sub_result[name]), abs=1e-6), key
+        assert ours == pytest.approx(float(result[name]), abs=1e-6), key
 
 
 def test_a_doubled_image_weighs_as_two_copies():
@@ -91,12 +98,7 @@ def test_a_doubled_image_weighs_as_two_copies():
     _, records = evaluate(preds, gts)
     copies = [0, 1, 1, 2, 3, 4, 5]  # image 1 twice
     copied, _ = evaluate([preds[i] for i in copies], [gts[i] for i in copies], batch=7)
-    from lightning_modules import per_image_ap
-    weights = np.array([[1.0, 2, 1, 1, 1, 1]])
-    for key, name in METRIC_KEYS.items():
-        ranks, gt, rec = per_image_ap.rankings([records], key)
-        ours = per_image_ap.average_precision(ranks, gt, rec, weights, weights)[0]
-        assert ours == pytest.approx(float(copied[name]), abs=1e-6), key
+    assert_weighted_ap_is(records, [1, 2, 1, 1, 1, 1], copied)
 
 
 def test_unknown_or_repeated_indices_give_no_records():
