@@ -23,8 +23,8 @@ see ``experiments/stages.py``). Variants that start from another's weights (``in
 after it; selecting one whose parent is neither selected nor finished is an error. ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes; the
 per-device batch is the paper's global batch / (N·M·accumulate).
 
-``--jobs N`` trains N cells side by side on one machine (small smoke models use a few CPU cores
-far better as several single-threaded processes than as one multi-threaded one): the command
+``--jobs N`` trains N cells side by side on one machine (small smoke models use a second thread
+poorly: on 2 cores, two single-threaded processes were 1.22× faster, BENCHMARKS.md): the command
 starts N − 1 more processes of the same script (``--job-worker``), every process takes this
 machine's threads / N, and they share the sweep through the cell locks (``experiments/lock.py``:
 a cell another process holds is skipped, one whose ``init_from`` parent another process is still

@@ -10,9 +10,11 @@ that accumulation: COCOeval's own per-image matching (``COCOeval.evaluateImg``),
 the detections of one image and class to its ground truth greedily by score at each IoU
 threshold. That matching depends on the image alone, so it is computed once.
 
-What is stored, for each IoU type (``box_`` for "bbox", ``mask_`` for "segm"), from the very
-``COCOeval.evaluate()`` run on the same COCO objects the reported AP came from (area "all", the
-last ``maxDets``): for each kept detection its image (row of ``index``), class, score and, per IoU
+What is stored, for each IoU type (``box_`` for "bbox", ``mask_`` for "segm"), from a
+``COCOeval.evaluate()`` on COCO objects built from the same synced states, as torchmetrics builds
+them for the reported AP (torchmetrics keeps none of its own, so the per-image matching runs a
+second time: about the cost of the evaluation's matching again; area "all", the last
+``maxDets``): for each kept detection its image (row of ``index``), class, score and, per IoU
 threshold, whether it counts as a true positive (matched and not ignored) or a false positive
 (neither matched nor ignored; an ignored detection is neither); per image and class the number of
 non-ignored ground-truth instances (``gt_count``). Plus the IoU and recall thresholds and the
@@ -97,11 +99,12 @@ class PerImageMeanAveragePrecision(MeanAveragePrecision):
                           f"(backend here: {self._backend_name!r}); not reported", stacklevel=3)
             return None
         out: dict[str, np.ndarray] = {}
+        # built once for both IoU types, as torchmetrics does
+        coco_preds, coco_target = self._coco_backend._get_coco_datasets(
+            self.groundtruth_labels, self.groundtruth_box, self.groundtruth_mask, self.groundtruth_crowds,
+            self.groundtruth_area, self.detection_labels, self.detection_box, self.detection_mask,
+            self.detection_scores, self.iou_type, average=self.average)
         for i_type, prefix in IOU_TYPES.items():
-            coco_preds, coco_target = self._coco_backend._get_coco_datasets(
-                self.groundtruth_labels, self.groundtruth_box, self.groundtruth_mask, self.groundtruth_crowds,
-                self.groundtruth_area, self.detection_labels, self.detection_box, self.detection_mask,
-                self.detection_scores, self.iou_type, average=self.average)
             for anno in coco_preds.dataset["annotations"]:  # as torchmetrics does for two IoU types
                 anno["area"] = anno[f"area_{i_type}"]
             if not coco_target.imgs:
