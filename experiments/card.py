@@ -89,17 +89,69 @@ def init_chain(ablation: Ablation, variant_name: str, run: Run) -> list[str]:
         parent = _layers(ablation, current, run.preset, {}, run.changes).init_from
         if parent is None:
             return chain
-        if parent not in ablation.variants:
-            import difflib
-
-            close = difflib.get_close_matches(parent, list(ablation.variants), n=1, cutoff=0.5)
-            raise RecipeError(f"init_from of variant {current!r}: {parent!r} is not a variant of this ablation"
-                              + (f" (did you mean {close[0]!r}?)" if close else "")
-                              + f"; its variants: {list(ablation.variants)}")
+        _check_variant_name(ablation, "init_from", current, parent)
         if parent == variant_name or parent in chain:
             raise RecipeError(f"init_from forms a cycle: {' -> '.join([variant_name, *chain, parent])}")
         chain.append(parent)
         current = parent
+
+
+def _check_variant_name(ablation: Ablation, key: str, variant_name: str, name: str) -> None:
+    """RecipeError unless ``name`` (the value of ``key`` in ``variant_name``'s recipe) is a variant."""
+    if name not in ablation.variants:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(ablation.variants), n=1, cutoff=0.5)
+        raise RecipeError(f"{key} of variant {variant_name!r}: {name!r} is not a variant of this ablation"
+                          + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + f"; its variants: {list(ablation.variants)}")
+
+
+# Card fields an evaluation-only cell (``weights_from``) may set differently from the cell whose
+# weights it evaluates: who it is, and how it evaluates. Everything else shaped those weights.
+EVAL_ONLY_FIELDS = ("ablation", "variant", "seed", "weights_from", "eval", "val_split", "val_batch_size",
+                    "num_val", "val_every", *RUNTIME_FIELDS)
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], exclude: Sequence[str] = RUNTIME_FIELDS,
+                prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every differing card value (nested dicts by dotted key); top-level
+    keys in ``exclude`` are not compared."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in exclude:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            diffs += differences(a, b, (), f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+def training_differences(weights_card: Mapping[str, Any], card: Mapping[str, Any]) -> list[str]:
+    """What would make ``card``'s weights differ from ``weights_card``'s: every card value
+    outside :data:`EVAL_ONLY_FIELDS`, as ``key: theirs -> ours``."""
+    return differences(weights_card, card, EVAL_ONLY_FIELDS)
+
+
+def check_weights_from(ablation: Ablation, variant_name: str, run: Run, cell: Cell) -> None:
+    """An evaluation-only variant (``weights_from``) names a variant of this ablation that trains
+    (no chains) and changes nothing but how it evaluates: else RecipeError naming the difference."""
+    parent = cell.recipe.weights_from
+    _check_variant_name(ablation, "weights_from", variant_name, parent)
+    if parent == variant_name:
+        raise RecipeError(f"weights_from of variant {variant_name!r} names the variant itself")
+    parent_cell = resolve(ablation, parent, run)
+    if parent_cell.recipe.weights_from is not None:
+        raise RecipeError(f"weights_from of variant {variant_name!r}: {parent!r} trains nothing itself (it "
+                          f"evaluates {parent_cell.recipe.weights_from!r}'s weights); name the variant that trains")
+    diffs = training_differences(_base_card(ablation, parent, 0, run, parent_cell),
+                                 _base_card(ablation, variant_name, 0, run, cell))
+    if diffs:
+        raise RecipeError(f"weights_from of variant {variant_name!r}: it evaluates {parent!r}'s weights, so only "
+                          f"its evaluation may differ, but its training does ({'; '.join(diffs[:6])}); "
+                          f"train it as a variant of its own with --set weights_from=null")
 
 
 def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
@@ -173,7 +225,10 @@ def resolve(ablation: Ablation, variant_name: str, run: Run) -> Cell:
         if rest or per_device == 0:
             raise RecipeError(batch_advice(global_batch, run.world, accumulate))
     kwargs = {**recipe.model, "width": recipe.width, "pretrained": recipe.pretrained}
-    return Cell(recipe, variant.model, kwargs, per_device, global_batch, rules)
+    cell = Cell(recipe, variant.model, kwargs, per_device, global_batch, rules)
+    if recipe.weights_from is not None:
+        check_weights_from(ablation, variant_name, run, cell)
+    return cell
 
 
 def runs_on_gpu(accelerator: str, cuda: bool | None = None) -> bool:
@@ -345,6 +400,8 @@ def _base_card(ablation: Ablation, variant_name: str, seed: int, run: Run, cell:
         card["train_only"] = list(r.optim.train_only)
     if r.init_from is not None:  # only then: a card stored before this field existed still matches
         card["stage_lr_factor"] = r.optim.stage_lr_factor
+    if r.weights_from is not None:  # evaluation only; the training fields describe those weights
+        card["weights_from"] = r.weights_from
     return as_json(card)
 
 

@@ -7,6 +7,11 @@ from another's weights (``init_from``, ``experiments/stages.py``) ``init_from.js
 copied from where) and, once the run finished, ``metrics.json`` and (semantic tasks)
 ``per_image_val.npz`` (``per_image_val_crf.npz`` with the CRF): each validation image's per-class
 counts (``lightning_modules/per_image.py``), what ``python -m experiments.compare`` resamples.
+An evaluation-only cell (``weights_from``) trains nothing and holds no checkpoint: it evaluates
+the named variant's ``checkpoints/last.ckpt`` for the same seed with its own evaluation settings,
+after checking that the stored card of that cell differs from its own only in evaluation fields
+(``experiments.card.EVAL_ONLY_FIELDS``); its ``metrics.json`` names the weights
+(``weights_from``), and a paired comparison with that variant then differs by the evaluation alone.
 A cell whose ``metrics.json`` exists is skipped; a cell with a
 checkpoint but no metrics resumes from the newest valid one of ``checkpoints/last.ckpt`` (every
 ``checkpoint_every`` steps) and Lightning's SLURM ``hpc_ckpt_<n>.ckpt``, exactly
@@ -38,7 +43,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.flop_counter import FlopCounterMode
 
-from experiments.card import RUNTIME_FIELDS, Cell, Run, runs_on_gpu
+from experiments.card import Cell, Run, differences, runs_on_gpu, training_differences
 from experiments.checkpoints import AtomicCheckpointIO, BestCheckpoint, ResultsTrainer, resume_checkpoint
 from experiments.distributed import RNGState, SyncBatchNormCount, SyncBatchNormPlugin
 from experiments.lock import CellLock, describe
@@ -73,17 +78,15 @@ def count_gflops(model: torch.nn.Module, height: int, width: int) -> float | Non
         return None
 
 
-def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        if not prefix and key in RUNTIME_FIELDS:
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return diffs
+def eval_gflops(module, model: torch.nn.Module, eval_size: list[int] | None) -> float | None:
+    """GFLOPs of the network as it evaluates: at ``eval.output_stride`` where the recipe sets
+    one (DeepLab's "eval OS 8" rows cost more than the OS-16 model they evaluate)."""
+    if not eval_size:
+        return None
+    if not hasattr(module, "evaluated_model"):
+        return count_gflops(model, *eval_size)
+    with module.evaluated_model() as evaluated:
+        return count_gflops(evaluated, *eval_size)
 
 
 def cuda_flags(deterministic: bool, accelerator: str, fixed_size: bool = True,
@@ -101,6 +104,46 @@ def cuda_flags(deterministic: bool, accelerator: str, fixed_size: bool = True,
     if not runs_on_gpu(accelerator, cuda):
         return deterministic, None
     return ("warn", False) if deterministic else (False, fixed_size)
+
+
+def train(trainer: ResultsTrainer, module, datamodule, run_dir: Path) -> Path:
+    """Train (or resume) the cell; return its final checkpoint."""
+    resume = resume_checkpoint(run_dir)
+    if resume is not None and trainer.is_global_zero:
+        print(f"[resume] {run_dir}: from {resume.relative_to(run_dir)}")
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
+                    weights_only=True)
+    except SIGTERMException:
+        # Lightning stopped after the current step; no result is written, a rerun resumes.
+        if trainer.is_global_zero:
+            print(f"[interrupted] {run_dir}: SIGTERM; rerun the same command to resume")
+        raise SystemExit(128 + signal.SIGTERM) from None
+    # The final weights in last.ckpt (a rerun after a crash in the evaluation trains no more),
+    # evaluated from there explicitly: with ckpt_path=None, Lightning on SLURM would load a stale
+    # hpc_ckpt_<n>.ckpt instead of the weights just trained.
+    final = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(final, weights_only=False)
+    return final
+
+
+def evaluated_weights(run_dir: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation-only cell (``weights_from``): the record of the weights it evaluates, the
+    final checkpoint of the named variant's cell for the same seed, after checking that the
+    cell finished and was trained exactly as this card says (its stored card differs only in
+    evaluation fields, ``experiments.card.EVAL_ONLY_FIELDS``)."""
+    source = parent_dir(run_dir, card["weights_from"])
+    if not is_finished(source):
+        raise RuntimeError(f"{run_dir} evaluates the weights of {source}, which has not finished (no metrics.json "
+                           f"or checkpoints/last.ckpt); train {card['weights_from']!r} first")
+    stored = json.loads((source / "config.json").read_text())
+    diffs = training_differences(stored.get("card", stored), card)
+    if diffs:
+        raise RuntimeError(f"{run_dir} evaluates the weights of {source}, but that cell was trained differently "
+                           f"({'; '.join(diffs[:6])}); retrain it with this command's settings, or use another --out")
+    trained = json.loads((source / "metrics.json").read_text())
+    return {"variant": card["weights_from"], "cell": str(source), "checkpoint": str(parent_checkpoint(run_dir, card["weights_from"])),
+            "steps": trained.get("steps"), "train_time_s": trained.get("train_time_s")}
 
 
 def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_datamodule,
@@ -126,7 +169,7 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
     config = {"card": card, "recipe": as_dict(cell.recipe)}  # the card, and the recipe to rebuild it
     if config_file.exists():
         stored = json.loads(config_file.read_text())
-        diffs = config_differences(stored.get("card", stored), card)
+        diffs = differences(stored.get("card", stored), card)
         if diffs:
             raise RuntimeError(
                 f"{run_dir} holds a run with different settings ({'; '.join(diffs[:6])}). "
@@ -144,7 +187,8 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
     num_classes = datamodule.num_classes
     model = build_model(cell.model, num_classes, **cell.model_kwargs)
     init_record = None
-    if card.get("init_from"):  # stage-wise: the parent cell's final weights (same seed)
+    weights = evaluated_weights(run_dir, card) if card.get("weights_from") else None
+    if weights is None and card.get("init_from"):  # stage-wise: the parent cell's final weights (same seed)
         parent = parent_dir(run_dir, card["init_from"])
         if not is_finished(parent):
             raise RuntimeError(f"{run_dir} initialises from {parent}, which has not finished (no metrics.json "
@@ -186,7 +230,8 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         # Lightning counts val_check_interval in batches, val_every is in optimiser steps
         val_check_interval=min(tr.val_every, tr.max_steps) * tr.accumulate, check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
-        callbacks=[last_ckpt, best_ckpt, throughput, RNGState(), sync_count,
+        # an evaluation-only cell writes no checkpoint: its weights stay in the cell they came from
+        callbacks=[*([] if weights else [last_ckpt, best_ckpt]), throughput, RNGState(), sync_count,
                    *progress_callbacks(*(progress or (SweepClock([tr.max_steps]), 0)),
                                        f"{card['variant']} seed{seed}", verbose)], logger=loggers,
         default_root_dir=run_dir, deterministic=deterministic, benchmark=benchmark, log_every_n_steps=tr.log_every,
@@ -199,29 +244,25 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
             write_json_atomic(run_dir / "init_from.json", init_record)
             print(f"[init] {run_dir}: {len(init_record['copied'])} tensors from {init_record['checkpoint']}; "
                   f"kept their own initialisation: {', '.join(init_record['kept']) or 'none'}")
-        print(f"[cell] {run_dir}: {world} process(es), global batch {global_batch} "
-              f"({world} x {cell.batch_per_device} per device x {tr.accumulate} accumulation)"
-              + (", SyncBatchNorm" if sync_bn else ""))
+        if weights is not None:
+            print(f"[eval only] {run_dir}: evaluates {weights['checkpoint']} (trains nothing)")
+        else:
+            print(f"[cell] {run_dir}: {world} process(es), global batch {global_batch} "
+                  f"({world} x {cell.batch_per_device} per device x {tr.accumulate} accumulation)"
+                  + (", SyncBatchNorm" if sync_bn else ""))
     for logger in loggers:
         logger.log_hyperparams({"global_batch": global_batch, "world_size": world})
-    resume = resume_checkpoint(run_dir)
-    if resume is not None and trainer.is_global_zero:
-        print(f"[resume] {run_dir}: from {resume.relative_to(run_dir)}")
     started = time.time()
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
-                    weights_only=True)
-    except SIGTERMException:
-        # Lightning stopped after the current step; no result is written, a rerun resumes.
-        if trainer.is_global_zero:
-            print(f"[interrupted] {run_dir}: SIGTERM; rerun the same command to resume")
-        raise SystemExit(128 + signal.SIGTERM) from None
-    # The final weights in last.ckpt (a rerun after a crash in the evaluation below trains no
-    # more), and evaluated from there explicitly: with ckpt_path=None, Lightning on SLURM would
-    # load a stale hpc_ckpt_<n>.ckpt instead of the weights just trained.
-    final = ckpt_dir / "last.ckpt"
-    trainer.save_checkpoint(final, weights_only=False)
-    trainer.validate(module, datamodule=datamodule, ckpt_path=str(final), verbose=False, weights_only=True)
+    if weights is None:
+        final = train(trainer, module, datamodule, run_dir)
+    else:  # the same validation as after training, on the other cell's final weights
+        final = Path(weights["checkpoint"])
+    trained = time.time()
+    with warnings.catch_warnings():
+        if weights:  # the other cell's checkpoint holds its checkpoint callbacks' state, unused here
+            warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint")
+        trainer.validate(module, datamodule=datamodule, ckpt_path=str(final), verbose=False, weights_only=True)
+    eval_s = round(time.time() - trained, 1)
     model = revert_sync_batchnorm(module.model)  # no-op unless a layer was left synchronised
     # real images of varying size and no fixed evaluation size (e.g. Mask R-CNN on VOC): no FLOPs
     side = recipe.eval.pad_to or (recipe.eval.window if recipe.eval.mode == "semseg" else None) or card["crop_size"]
@@ -233,11 +274,14 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         "eval_mode": recipe.eval.mode, "eval_protocol": card["eval"].get("protocol"), "eval": card["eval"],
         "crf": recipe.eval.crf,
         "params": sum(p.numel() for p in model.parameters()),
-        "gflops": count_gflops(model, *eval_size) if eval_size else None, "eval_size": eval_size,
+        "gflops": eval_gflops(module, model, eval_size), "eval_size": eval_size,
         "train_images_per_s": throughput.images_per_second(),  # steady state: after the warm-up steps
         "train_warmup_s": throughput.warmup_seconds, "train_warmup_steps": throughput.warmup,
         "global_batch": global_batch, "world_size": world, "sync_batchnorm_layers": sync_count.layers,
-        "steps": trainer.global_step, "train_time_s": round(time.time() - started, 1),
+        # an evaluation-only cell: the steps that trained its weights, no training time of its own
+        "steps": weights["steps"] if weights else trainer.global_step,
+        "train_time_s": None if weights else round(trained - started, 1), "eval_time_s": eval_s,
+        "weights_from": weights,
         "train_size": getattr(datamodule, "train_size", None),
         "init_from": init_summary(init_record) if init_record is not None else None,
         # CPU weight gradients depend on the thread count (oneDNN splits the reduction), so the
@@ -246,7 +290,9 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
                         "cpu_threads": torch.get_num_threads()},
     }
     if wandb_logger is not None and trainer.is_global_zero:
-        wandb_logger.experiment.summary[f"best_{task.monitor.replace('/', '_')}"] = float(best_ckpt.best_model_score or 0)
+        if weights is None:
+            wandb_logger.experiment.summary[f"best_{task.monitor.replace('/', '_')}"] = float(
+                best_ckpt.best_model_score or 0)
         if task.name == "semantic":  # mask overlays; instance predictions are not drawn there
             log_predictions(wandb_logger, module, datamodule, datamodule.class_names)
         wandb_logger.experiment.finish()

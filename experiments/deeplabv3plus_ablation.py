@@ -7,7 +7,10 @@ Table 1 varies the 1×1 projection of the stride-4 features (``low_level_channel
 [3×3, 256] decoder conv; Table 2 uses two (``decoder_convs=2``, the final design); Table 3 is
 ResNet-101 with/without the decoder at eval output stride 16 and 8 (and the best row, + multi-scale
 inputs and flips at 8); Table 5 is Xception-65, evaluated at 16 and re-strided to 8 (its
-first rows use plain convs; ``separable=True`` is the paper's final "SC" model). The smoke preset
+first rows use plain convs; ``separable=True`` is the paper's final "SC" model). The "eval OS 8"
+and "MS + flip" rows are the paper's own trained model evaluated differently: evaluation-only
+variants (``weights_from``) that train nothing and evaluate that variant's final weights of the
+same seed, so their comparison with it differs by the evaluation alone. The smoke preset
 uses the synthetic ``thin`` task: thin structures and small objects, where a stride-16 encoder
 alone cannot place boundaries and the stride-4 decoder should help (see the trimap column).
 
@@ -55,11 +58,12 @@ ABLATION = Ablation(
         "R101 no decoder": Variant("deeplab_v3", R101, "deeplab_v3plus.table3.no_decoder_os16"),
         "R101 decoder": Variant("deeplab_v3plus", decoder(), "deeplab_v3plus.table3.decoder_os16"),
         "R101 decoder, eval OS 8": Variant("deeplab_v3plus", decoder(), "deeplab_v3plus.table3.decoder_os8",
-                                           recipe={"eval": {"output_stride": 8}}),
+                                           recipe={"eval": {"output_stride": 8}, "weights_from": "R101 decoder"}),
         "R101 no decoder, eval OS 8": Variant("deeplab_v3", R101, "deeplab_v3plus.table3.no_decoder_os8",
-                                              recipe={"eval": {"output_stride": 8}}),
+                                              recipe={"eval": {"output_stride": 8}, "weights_from": "R101 no decoder"}),
         "R101 decoder, eval OS 8, MS + flip": Variant(
-            "deeplab_v3plus", decoder(), "deeplab_v3plus.table3.decoder_os8_ms_flip", recipe={"eval": MS_FLIP_OS8}),
+            "deeplab_v3plus", decoder(), "deeplab_v3plus.table3.decoder_os8_ms_flip",
+            recipe={"eval": MS_FLIP_OS8, "weights_from": "R101 decoder"}),
         "low-level 16, 1 conv": Variant("deeplab_v3plus", decoder(16, 1), "deeplab_v3plus.table1.ll16"),
         "low-level 48, 1 conv": Variant("deeplab_v3plus", decoder(48, 1), "deeplab_v3plus.table1.ll48"),
         "low-level 64, 1 conv": Variant("deeplab_v3plus", decoder(64, 1), "deeplab_v3plus.table1.ll64"),
@@ -69,7 +73,8 @@ ABLATION = Ablation(
                                        "deeplab_v3plus.table5.decoder_os16", **XCEPTION_RECIPE),
         "Xception-65 decoder, eval OS 8": Variant("deeplab_v3plus", {**XCEPTION, "separable": False},
                                                  "deeplab_v3plus.table5.decoder_os8",
-                                                 recipe={**XCEPTION_RECIPE["recipe"], "eval": {"output_stride": 8}},
+                                                 recipe={**XCEPTION_RECIPE["recipe"], "eval": {"output_stride": 8},
+                                                         "weights_from": "Xception-65 decoder"},
                                                  sources=XCEPTION_RECIPE["sources"]),
         "Xception-65 decoder, separable": Variant("deeplab_v3plus", {**XCEPTION, "separable": True},
                                                   **XCEPTION_RECIPE),

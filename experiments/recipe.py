@@ -3,7 +3,8 @@
 A :class:`Recipe` is five small dataclasses (``data``, ``optim``, ``trainer``, ``eval``) plus the
 model extras (keyword arguments for ``models.build_model``), ``width``, ``pretrained``,
 ``init_from`` (stage-wise training: start from another variant's final weights,
-``experiments/stages.py``), the default ``seeds`` and ``notes`` (known deviations from the paper,
+``experiments/stages.py``), ``weights_from`` (an evaluation-only variant: another variant's
+final weights evaluated with this variant's ``eval``, no training), the default ``seeds`` and ``notes`` (known deviations from the paper,
 printed on every card).
 The dataclass defaults are the *paper preset's* generic defaults; each paper's recipe is written
 out once in ``experiments/recipes/<paper>.py`` with the source of every value.
@@ -129,6 +130,10 @@ class Recipe:
     # stage-wise training: the variant (same ablation, dataset, preset and seed) whose final
     # checkpoint this cell starts from (experiments/stages.py); None: from `pretrained` alone
     init_from: str | None = None
+    # evaluation only: the variant whose final checkpoint (same seed) this cell evaluates with
+    # its own ``eval`` section, training nothing; every training setting must equal that
+    # variant's (experiments/card.py checks it). E.g. DeepLab v3 Table 6's "eval OS 8" row
+    weights_from: str | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     notes: tuple[str, ...] = ()         # known deviations from the paper, said on every card
 
@@ -161,7 +166,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 SECTIONS = {"data": Data, "optim": Optim, "trainer": Trainer, "eval": Eval}
-TOP_LEVEL = ("model", "width", "pretrained", "init_from", "seeds", "notes")
+TOP_LEVEL = ("model", "width", "pretrained", "init_from", "weights_from", "seeds", "notes")
 
 
 # --------------------------------------------------------------------------- checking values
@@ -285,8 +290,8 @@ def check_top_level(key: str, value: Any) -> Any:
         return value
     if key == "pretrained":
         return _coerce("pretrained", value, bool | str)
-    if key == "init_from":
-        return _coerce("init_from", value, str | None)
+    if key in ("init_from", "weights_from"):
+        return _coerce(key, value, str | None)
     if key == "seeds":
         value = _coerce("seeds", value, tuple[int, ...])
         if not value or min(value) < 0 or len(set(value)) != len(value):

@@ -29,7 +29,7 @@ class GridUnavailable(RuntimeError):
 def finished_cells(dataset_dir: Path, variants: Sequence[str] | None = None,
                    seeds: Sequence[int] | None = None) -> dict[str, Path]:
     """Variant → run directory of its first finished seed (``metrics.json`` and
-    ``checkpoints/last.ckpt``), trying ``seeds`` in order, then any other seed. Variants
+    ``checkpoints/last.ckpt``, an evaluation-only cell's in the cell it evaluates), trying ``seeds`` in order, then any other seed. Variants
     default to those on disk, in ``results.csv`` order; variants with no finished seed are left
     out."""
     dataset_dir = Path(dataset_dir)
@@ -40,10 +40,21 @@ def finished_cells(dataset_dir: Path, variants: Sequence[str] | None = None,
         requested = [dataset_dir / name / f"seed{s}" for s in (seeds or [])]
         others = sorted((dataset_dir / name).glob("seed*"), key=lambda p: _seed_of(p.name))
         for run_dir in requested + others:
-            if (run_dir / "metrics.json").exists() and (run_dir / "checkpoints/last.ckpt").exists():
+            if (run_dir / "metrics.json").exists() and cell_weights(run_dir).exists():
                 out[name] = run_dir
                 break
     return out
+
+
+def cell_weights(run_dir: Path, checkpoint: str = "last.ckpt") -> Path:
+    """The checkpoint holding a cell's weights: its own, or for an evaluation-only cell
+    (``weights_from`` on its card) that of the variant it evaluates, same seed."""
+    from experiments.stages import parent_dir
+
+    run_dir = Path(run_dir)
+    config = run_dir / "config.json"
+    source = json.loads(config.read_text())["card"].get("weights_from") if config.is_file() else None
+    return (parent_dir(run_dir, source) if source else run_dir) / "checkpoints" / checkpoint
 
 
 def _seed_of(name: str) -> int:
@@ -76,8 +87,13 @@ def load_cell(run_dir: Path, checkpoint: str = "last.ckpt", device: str = "cpu")
     config = json.loads((run_dir / "config.json").read_text())
     check_semantic(config)
     card = config["card"]
-    ckpt = load_checkpoint(run_dir / "checkpoints" / checkpoint)  # weights_only: never runs code
+    ckpt = load_checkpoint(cell_weights(run_dir, checkpoint))  # weights_only: never runs code
     hparams = ckpt["hyper_parameters"]  # all of the module's arguments but the model and evaluators
+    if card.get("weights_from"):  # another cell's weights: evaluated the way this cell's recipe says
+        from experiments.recipe import from_dict
+        from experiments.tasks import semantic_eval_kwargs
+
+        hparams = {**hparams, **semantic_eval_kwargs(from_dict(config["recipe"]).eval)}
     model = build_model(card["model"], hparams["num_classes"],
                         **{**_tuples(card["model_kwargs"]), "width": card["width"], "pretrained": False})
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}

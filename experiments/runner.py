@@ -19,8 +19,9 @@ unfinished ones; ``collect`` builds the table from whatever cells finished (foll
 claims table, ``experiments/claims.py``, when the ablation declares claims); ``cells`` lists the
 unfinished cells as ``VARIANT<tab>SEED`` lines (what ``experiments/slurm/submit.sh`` turns into
 a job array; ``cells --levels`` prefixes each with its stage-wise dependency level, ``LEVEL<tab>``,
-see ``experiments/stages.py``). Variants that start from another's weights (``init_from``) run
-after it; selecting one whose parent is neither selected nor finished is an error. ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes; the
+see ``experiments/stages.py``). Variants that start from another's weights (``init_from``) or
+evaluate them (``weights_from``, evaluation-only: no training) run after it; selecting one whose
+parent is neither selected nor finished is an error. ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes; the
 per-device batch is the paper's global batch / (N·M·accumulate).
 
 ``--jobs N`` trains N cells side by side on one machine (small smoke models use a second thread
@@ -189,7 +190,7 @@ def command_line_changes(p: argparse.ArgumentParser, args: argparse.Namespace) -
     for item in args.sets:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
-        if not sep or (not dot and section not in ("width", "pretrained", "init_from", "seeds")):
+        if not sep or (not dot and section not in ("width", "pretrained", "init_from", "weights_from", "seeds")):
             p.error(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=0.001")
         put(section if dot else None, name if dot else section, parse_value(value))
     return changes
@@ -308,19 +309,31 @@ def parse_args(ablation: Ablation, argv: list[str] | None) -> tuple[argparse.Nam
               changes=command_line_changes(p, args), synthetic_task=args.synthetic_task)
     try:  # every cell's recipe and card is checked before anything runs or is written
         args.cells = {name: resolve(ablation, name, run) for name in args.names}
-        args.names = stage_order(args.names, lambda n: args.cells[n].recipe.init_from)  # parents first
+        args.names = stage_order(args.names, lambda n: parent_of(args.cells[n]))  # parents first
         args.cells = {name: args.cells[name] for name in args.names}
         first = next(iter(args.cells.values()))
         args.seed_list = [args.seed] if args.seed is not None else list(args.seeds or first.recipe.seeds)
         if args.command in ("run", "cells") and not args.dry_run:
-            check_parents(args.names, args.seed_list, lambda n: args.cells[n].recipe.init_from,
-                          args.out / ablation.name / dataset_key(ablation, run))
+            check_parents(args.names, args.seed_list, lambda n: parent_of(args.cells[n]),
+                          args.out / ablation.name / dataset_key(ablation, run),
+                          eval_only=lambda n: args.cells[n].recipe.weights_from is not None)
         if args.command == "run" or args.dry_run:
             args.cards = {name: recipe_card(ablation, name, args.seed_list[0], run, cell)
                           for name, cell in args.cells.items()}
     except (RecipeError, ValueError) as err:
         p.error(str(err))
     return args, run, ablation
+
+
+def steps_to_train(cell) -> int:
+    """Optimiser steps a cell runs itself: none for an evaluation-only cell (``weights_from``)."""
+    return 0 if cell.recipe.weights_from else cell.recipe.trainer.max_steps
+
+
+def parent_of(cell) -> str | None:
+    """The variant whose cell must finish first: the one whose weights an evaluation-only cell
+    evaluates (``weights_from``), else the one a stage-wise cell starts from (``init_from``)."""
+    return cell.recipe.weights_from or cell.recipe.init_from
 
 
 def print_smoke_changes(ablation: Ablation, run: Run, cards: dict[str, dict]) -> None:
@@ -385,13 +398,18 @@ def dry_run(ablation: Ablation, args: argparse.Namespace, run: Run) -> list[dict
     print("|---|---|---|---|---|---|---|---|")
     for c in cards:
         ev = c["eval"]
-        protocol = (ev.get("protocol") or ev["mode"]) + (" + CRF" if ev["crf"] else "")
+        protocol = ((ev.get("protocol") or ev["mode"]) + (f", OS {ev['output_stride']}" if ev.get("output_stride") else "")
+                    + (" + CRF" if ev["crf"] else ""))
+        steps = f"0 (evaluates {c['weights_from']}'s weights)" if c.get("weights_from") else c["max_steps"]
         print(f"| {c['variant']} | {c['seed']} | {c['model']} | {c['params'] / 1e6:.2f}M | {c['global_batch']} "
-              f"({c['world_size']} x {c['batch_size_per_device']} x {c['accumulate']}) | {c['max_steps']} | "
+              f"({c['world_size']} x {c['batch_size_per_device']} x {c['accumulate']}) | {steps} | "
               f"{c['lr']:g} ({c['lr_schedule']}) | {protocol} |")
-    steps = sum(c["max_steps"] for c in cards)
-    images = sum(c["images_seen"] for c in cards)
-    print(f"\n{len(cards)} cells, {steps:,} optimiser steps, {images:,} training images in total "
+    trained = [c for c in cards if not c.get("weights_from")]
+    steps = sum(c["max_steps"] for c in trained)
+    images = sum(c["images_seen"] for c in trained)
+    eval_only = len(cards) - len(trained)
+    print(f"\n{len(cards)} cells" + (f" ({eval_only} evaluation-only: they train nothing)" if eval_only else "")
+          + f", {steps:,} optimiser steps, {images:,} training images in total "
           f"(results would go to {args.out / ablation.name / dataset_key(ablation, run)}).")
     notes = sorted({n for c in cards for n in c["notes"]})
     if notes:
@@ -409,7 +427,7 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
         for name in names:
             if "\t" in name or "\n" in name:
                 raise SystemExit(f"variant name {name!r} contains a tab or newline; job arrays cannot list it")
-        levels = cell_levels(names, seeds, lambda n: args.cells[n].recipe.init_from,
+        levels = cell_levels(names, seeds, lambda n: parent_of(args.cells[n]),
                              lambda n, s: (out_dir / n / f"seed{s}" / "metrics.json").exists())
         for level, name, seed in sorted(levels, key=lambda c: c[0]):  # stable: parents first
             # names may contain spaces ("B1236 AVE")
@@ -429,7 +447,7 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
         todo = [(name, seed) for name in names for seed in seeds
                 if not (out_dir / name / f"seed{seed}" / "metrics.json").exists()]
         side_by_side, workers = args.jobs > 1 or args.job_worker, []
-        sweep = SweepClock([args.cells[name].recipe.trainer.max_steps for name, _ in todo])
+        sweep = SweepClock([steps_to_train(args.cells[name]) for name, _ in todo])
         if todo and global_rank() == 0:
             print(f"[sweep] {len(todo)} cell(s) to train, {sum(sweep.steps):,} optimiser steps")
         threads = torch.get_num_threads()
@@ -464,7 +482,7 @@ def train_cells(args, run: Run, dataset, names: list[str], seeds: list[int], out
             card = cards[name] if seed == seeds[0] else {**cards[name], "seed": seed}
             index = todo.index((name, seed)) if (name, seed) in todo else None
 
-            parent = cell.recipe.init_from
+            parent = parent_of(cell)
             run_dir = out_dir / name / f"seed{seed}"
             if side_by_side and parent and not is_finished(parent_dir(run_dir, parent)):
                 print(f"[waits] {run_dir}: its parent {parent!r} has not finished; left to the process "

@@ -74,22 +74,27 @@ def stage_order(names: Sequence[str], parent: Callable[[str], str | None]) -> li
 
 
 def check_parents(names: Sequence[str], seeds: Sequence[int], parent: Callable[[str], str | None],
-                  out_dir: Path) -> None:
-    """ValueError naming every selected cell whose parent is not selected and has not finished."""
-    problems = []
+                  out_dir: Path, eval_only: Callable[[str], bool] = lambda name: False) -> None:
+    """ValueError naming every selected cell whose parent is not selected and has not finished.
+    ``eval_only(name)``: the cell evaluates its parent's weights (``weights_from``) rather than
+    starting from them (``init_from``)."""
+    problems, ways_out = [], set()
     for name in names:
         p = parent(name)
         if p is None or p in names:
             continue
+        key = "weights_from" if eval_only(name) else "init_from"
+        ways_out.add(f"--set {key}=null ({'train it as a variant of its own' if eval_only(name) else 'start from ImageNet weights alone'})")
         for seed in seeds:
             cell = out_dir / p / f"seed{seed}"
             if not is_finished(cell):
-                problems.append(f"{name} (seed {seed}) initialises from {p} (seed {seed}), which has not "
+                relation = "needs the weights of" if eval_only(name) else "initialises from"
+                problems.append(f"{name} (seed {seed}) {relation} {p} (seed {seed}), which has not "
                                 f"finished: no {cell / 'metrics.json'} or {cell / 'checkpoints' / 'last.ckpt'}")
     if problems:
         raise ValueError("; ".join(problems) + ". Train the parent first (select it too, e.g. --variants "
                          f"{' '.join(dict.fromkeys([parent(n) or n for n in names] + list(names)))}), "
-                         "or start from ImageNet weights alone with --set init_from=null")
+                         f"or {' / '.join(sorted(ways_out))}")
 
 
 def cell_levels(names: Sequence[str], seeds: Sequence[int], parent: Callable[[str], str | None],

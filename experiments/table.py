@@ -85,8 +85,7 @@ def collect_rows(ablation: Ablation, variants: list[str], seeds: list[int], data
             "params": first.get("params"), "gflops": first.get("gflops"),
             "eval_size": first.get("eval_size"),
             "train_images_per_s": statistics.fmean(speeds) if speeds else None,
-            "eval_mode": (first.get("eval_protocol") or first.get("eval_mode") or "")
-                         + (" + CRF" if metric_key.endswith("_crf") else ""),
+            "eval_mode": eval_label(first, crf=metric_key.endswith("_crf")),
             "global_batch": first.get("global_batch"), "steps": first.get("steps"),
         }
         row[f"{task.primary}_mean"], row[f"{task.primary}_std"] = mean, std
@@ -95,6 +94,21 @@ def collect_rows(ablation: Ablation, variants: list[str], seeds: list[int], data
             row[key] = metrics.get(key, {}).get("mean")
         rows.append(row)
     return rows
+
+
+def eval_label(metrics: dict, crf: bool = False) -> str:
+    """How a cell evaluated, for the table's eval column: the protocol, the output stride where
+    the recipe sets one, the CRF, and whose weights an evaluation-only cell evaluated."""
+    label = metrics.get("eval_protocol") or metrics.get("eval_mode") or ""
+    stride = (metrics.get("eval") or {}).get("output_stride")
+    if stride:
+        label += f", OS {stride}"
+    if crf:
+        label += " + CRF"
+    source = (metrics.get("weights_from") or {}).get("variant")
+    if source:
+        label += f" ({source}'s weights)"
+    return label
 
 
 def _secondary(rows: list[dict]) -> list[str]:

@@ -153,11 +153,15 @@ def _semantic_module(model, num_classes: int, class_names, recipe: Recipe):
     return SegmentationModule(
         model, num_classes, class_names=tuple(class_names),
         **{k: getattr(o, k) for k in (*_SCHEDULE, "aux_weight", "bn", "bn_momentum", "border_weight", "train_only")},
-        eval_mode=e.mode, eval_scales=e.scales, eval_flip=e.flip, eval_window=e.window,
-        eval_stride=e.stride, eval_pad_to=e.pad_to, eval_base_size=e.base_size,
-        eval_output_stride=e.output_stride,
-        trimap_width=e.trimap_width, evaluators=evaluators, channels_last=recipe.trainer.channels_last,
+        **semantic_eval_kwargs(e), evaluators=evaluators, channels_last=recipe.trainer.channels_last,
     )
+
+
+def semantic_eval_kwargs(e) -> dict[str, Any]:
+    """The SegmentationModule arguments that say how it evaluates, from a recipe's ``eval``."""
+    return dict(eval_mode=e.mode, eval_scales=e.scales, eval_flip=e.flip, eval_window=e.window,
+                eval_stride=e.stride, eval_pad_to=e.pad_to, eval_base_size=e.base_size,
+                eval_output_stride=e.output_stride, trimap_width=e.trimap_width)
 
 
 def _instance_module(model, num_classes: int, class_names, recipe: Recipe):

@@ -35,8 +35,9 @@ optimiser, the learning-rate schedule and the logging (the lightning-hydra-templ
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -340,6 +341,15 @@ class SegmentationModule(L.LightningModule):
     def _set_eval_stride(self, evaluating: bool) -> None:
         if self.hparams.eval_output_stride is not None:
             self.model.set_output_stride(self.hparams.eval_output_stride if evaluating else self.train_output_stride)
+
+    @contextlib.contextmanager
+    def evaluated_model(self) -> Iterator[nn.Module]:
+        """The network as it evaluates (``eval_output_stride`` applied), e.g. to count its FLOPs."""
+        self._set_eval_stride(True)
+        try:
+            yield self.model
+        finally:
+            self._set_eval_stride(False)
 
     def _eval_epoch_end(self, stage: str) -> None:
         self._set_eval_stride(False)
