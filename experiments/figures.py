@@ -181,11 +181,11 @@ def bar_charts(rows: list[dict], out_dir: Path, title: str, metrics: Sequence[st
 
 def write_figures(out_dir: Path, rows: list[dict], title: str, variants: Sequence[str],
                   seeds: Sequence[int], crf_rows: list[dict] | None = None,
-                  **grid_kwargs) -> list[Path]:
+                  fig_dir: Path | None = None, **grid_kwargs) -> list[Path]:
     """All bar charts (``crf_rows``: also ``bar_<metric>_crf.png`` after the dense CRF) and the
-    prediction grid into ``out_dir/figures/``; a figure that cannot be made is skipped with a
+    prediction grid into ``fig_dir`` (default ``out_dir/figures/``); a figure that cannot be made is skipped with a
     warning, never failing the run whose table was just written."""
-    fig_dir, paths = Path(out_dir) / "figures", []
+    fig_dir, paths = Path(fig_dir) if fig_dir is not None else Path(out_dir) / "figures", []
     if not any(r.get("n") for r in rows):  # nothing finished yet (e.g. `collect` before any run)
         return paths
     for these, suffix, note in ((rows, "", ""), (crf_rows, "_crf", " (after dense CRF)")):
@@ -194,7 +194,8 @@ def write_figures(out_dir: Path, rows: list[dict], title: str, variants: Sequenc
         except Exception as err:  # noqa: BLE001 - figures must not fail a finished run
             warnings.warn(f"bar charts{note} skipped: {err!r}", stacklevel=2)
     try:
-        paths.append(prediction_grid(out_dir, variants, seeds, title=title, **grid_kwargs))
+        paths.append(prediction_grid(out_dir, variants, seeds, title=title, out_png=fig_dir / "predictions.png",
+                                     **grid_kwargs))
     except GridUnavailable:  # e.g. instance segmentation: no semantic prediction grid to draw
         pass
     except Exception as err:  # noqa: BLE001

@@ -191,7 +191,8 @@ def load_rows(dataset_dir: Path, metric_key: str = "val") -> list[dict]:
     """The rows of a results folder's table without its ablation script: every finished cell
     collected by :func:`experiments.table.collect_rows` (all recorded metrics, mean/std/values
     over seeds), with the paper's numbers, Δ and missing seeds taken from ``results.csv`` (or
-    ``results_crf.csv``), which the runner wrote with the ablation at hand."""
+    ``results_crf.csv``; a variant of another option's table from ``results-table-2.csv`` etc.),
+    which the runner wrote with the ablation at hand."""
     from experiments.recipe import Recipe
     from experiments.spec import Ablation, Variant
     from experiments.table import collect_rows
@@ -207,8 +208,14 @@ def load_rows(dataset_dir: Path, metric_key: str = "val") -> list[dict]:
         variants={v: Variant(c["card"]["model"]) for v, c in configs.items()},
         task=first["card"]["task"] if first else "semantic")
     rows = collect_rows(ablation, variants, [], dataset_dir, metric_key)
-    table = "results.csv" if metric_key == "val" else f"results_{metric_key[4:]}.csv"  # val_crf
-    by_variant = {r["variant"]: r for r in _read_csv(dataset_dir / table)}
+    # results.csv, and the tables of other options beside it (results-table-2.csv; val_crf: results_crf*.csv)
+    stem = "results" if metric_key == "val" else f"results_{metric_key[4:]}"
+    tables = sorted(dataset_dir.glob(f"{stem}*.csv"), key=lambda p: (p.name != f"{stem}.csv", p.name))
+    by_variant: dict[str, dict] = {}
+    for table in tables:
+        if table.name == f"{stem}.csv" or table.name.startswith(f"{stem}-"):
+            for r in _read_csv(table):
+                by_variant.setdefault(r["variant"], r)
     for row in rows:
         stored = by_variant.get(row["variant"], {})
         primary = row.get("primary", "miou")

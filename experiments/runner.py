@@ -16,7 +16,9 @@ Presets:
 
 Commands: ``run`` (default) trains the selected cells, skipping finished ones and resuming
 unfinished ones; ``collect`` builds the table from whatever cells finished (followed by the
-claims table, ``experiments/claims.py``, when the ablation declares claims); ``cells`` lists the
+claims table, ``experiments/claims.py``, when the ablation declares claims; a non-default option
+such as ``--table 2`` writes its own ``results-table-2.md`` beside ``results.md``, see
+:func:`table_suffix`); ``cells`` lists the
 unfinished cells as ``VARIANT<tab>SEED`` lines (what ``experiments/slurm/submit.sh`` turns into
 a job array; ``cells --levels`` prefixes each with its stage-wise dependency level, ``LEVEL<tab>``,
 see ``experiments/stages.py``). Variants that start from another's weights (``init_from``) or
@@ -519,8 +521,21 @@ SMOKE_NOTE = ("SMOKE PRESET: synthetic '{task}' task, width-scaled networks trai
               "comparable to the paper column.")
 
 
+def table_suffix(ablation: Ablation, args: argparse.Namespace) -> str:
+    """What tells the tables of one results folder apart: ``""`` for the ablation's default
+    options (``results.md``), else ``-<option>-<value>`` per other choice (``--table 2``:
+    ``results-table-2.md``; ``aspp --backbone resnet101``: ``results-backbone-resnet101.md``), so
+    one table of a paper never overwrites another's."""
+    return "".join(f"-{name}-{getattr(args, name)}" for name, option in ablation.options.items()
+                   if getattr(args, name) != option.default)
+
+
 def write_table(ablation: Ablation, args, run: Run, names: list[str], seeds: list[int], out_dir: Path,
                 with_crf: bool, log_wandb: bool = True) -> list[dict]:
+    """Write the table of ``names`` × ``seeds`` (and its claims and figures) into ``out_dir`` as
+    ``results<suffix>.md|csv``, ``results_crf<suffix>.csv``, ``claims<suffix>.md|csv`` and
+    ``figures<suffix>/`` (:func:`table_suffix`); print and return its rows."""
+    suffix = table_suffix(ablation, args)
     same_data = run.data == ablation.paper_data
     smoke_note = SMOKE_NOTE.format(task=run.synthetic_task or ablation.synthetic_task) if run.preset == "smoke" else None
     keys = ["val"] + (["val_crf"] if with_crf else [])
@@ -548,7 +563,7 @@ def write_table(ablation: Ablation, args, run: Run, names: list[str], seeds: lis
             "Each cell's recipe card is in its config.json.",
         ]
         text.append(render_markdown(title, rows, notes))
-        write_text_atomic(out_dir / ("results.csv" if key == "val" else "results_crf.csv"), render_csv(rows))
+        write_text_atomic(out_dir / f"{'results' if key == 'val' else 'results_crf'}{suffix}.csv", render_csv(rows))
         rows_all += rows
         by_key[key] = (rows, title)
     if ablation.claims:  # the papers' directions, tested (experiments/claims.py)
@@ -556,25 +571,27 @@ def write_table(ablation: Ablation, args, run: Run, names: list[str], seeds: lis
 
         claim_rows = claims.evaluate_claims(ablation, out_dir)
         claims_md = claims.render_markdown(by_key["val"][1], claim_rows)
-        write_text_atomic(out_dir / "claims.md", claims_md)
-        write_text_atomic(out_dir / "claims.csv", claims.render_csv(claim_rows))
+        write_text_atomic(out_dir / f"claims{suffix}.md", claims_md)
+        write_text_atomic(out_dir / f"claims{suffix}.csv", claims.render_csv(claim_rows))
         text.append(claims_md)
     markdown = "\n".join(text)
-    write_text_atomic(out_dir / "results.md", markdown)
+    write_text_atomic(out_dir / f"results{suffix}.md", markdown)
     print("\n" + markdown)
-    print(f"(written to {out_dir / 'results.md'} and results.csv" + (", claims.md" if ablation.claims else "") + ")")
+    print(f"(written to {out_dir / f'results{suffix}.md'} and results{suffix}.csv"
+          + (f", claims{suffix}.md" if ablation.claims else "") + ")")
     figures = []
     if not args.no_figures:
         from experiments.figures import write_figures
 
         rows, title = by_key["val"]
         figures = write_figures(out_dir, rows, title, names, seeds,
-                                crf_rows=by_key["val_crf"][0] if "val_crf" in by_key else None)
-        print(f"(figures: {out_dir / 'figures'})")
+                                crf_rows=by_key["val_crf"][0] if "val_crf" in by_key else None,
+                                fig_dir=out_dir / f"figures{suffix}")
+        print(f"(figures: {out_dir / f'figures{suffix}'})")
     if args.logger == "wandb" and log_wandb:
         from experiments.tracking import log_figures, log_results_table
 
-        log_results_table(args.wandb_project, ablation.name, dataset_key(ablation, run), rows_all, out_dir)
-        log_figures(args.wandb_project, ablation.name, dataset_key(ablation, run), figures)
+        log_results_table(args.wandb_project, ablation.name, dataset_key(ablation, run) + suffix, rows_all, out_dir)
+        log_figures(args.wandb_project, ablation.name, dataset_key(ablation, run) + suffix, figures, out_dir)
     return rows_all
 

@@ -229,3 +229,29 @@ def test_synthetic_task_flag_runs_another_task_into_its_own_folder(tmp_path, cap
     with pytest.raises(SystemExit):
         run(tmp_path, "--synthetic-task", "nope")
     assert "must be one of" in capsys.readouterr().err
+
+
+def test_each_option_writes_its_own_table_beside_the_default_one(tmp_path):
+    """`--table 2` (a non-default option) writes results-table-2.md etc.; the default table's
+    files stay as they were, and load_rows reads the paper values of both."""
+    import dataclasses
+
+    from experiments.results_folder import load_rows
+    from experiments.spec import Option
+
+    tables = {"1": {"32s": TINY.variants["32s"]}, "2": {"8s": TINY.variants["8s"]}}
+    ablation = dataclasses.replace(TINY, variants={**tables["1"], **tables["2"]},
+                                   options={"table": Option(("1", "2"), "1", tables.get, "which table")})
+    args = ["--out", str(tmp_path), "--quiet", "--seeds", "0"]
+    main(ablation, args)
+    folder = tmp_path / "tiny" / "synthetic_thin-smoke"
+    first = (folder / "results.md").read_text()
+    assert "| 32s |" in first and "| 8s |" not in first
+    main(ablation, [*args, "--table", "2"])
+    assert (folder / "results.md").read_text() == first  # untouched
+    second = (folder / "results-table-2.md").read_text()
+    assert "| 8s |" in second and "| 32s |" not in second
+    assert (folder / "results-table-2.csv").is_file() and (folder / "figures-table-2" / "bar_miou.png").is_file()
+    assert (folder / "figures" / "bar_miou.png").is_file()
+    rows = {r["variant"]: r for r in load_rows(folder)}
+    assert rows["32s"]["paper_value"] == 59.40 and rows["8s"]["paper_value"] == 62.7

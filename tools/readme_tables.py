@@ -56,7 +56,8 @@ MODEL_ROWS = [
 ]
 
 
-# README marker -> (ablation, results/<ablation>/<dataset>) of the generated results tables
+# README marker -> (ablation, results/<ablation>/<dataset>[, the table of a non-default option:
+# results-table-2.md]) of the generated results tables
 RESULT_SECTIONS = [
     ("results-aspp", "aspp", "synthetic_multiscale-smoke"),
     ("results-fcn_skip", "fcn_skip", "synthetic_thin-smoke"),
@@ -65,6 +66,7 @@ RESULT_SECTIONS = [
     ("results-psp_bins-frame", "psp_bins", "synthetic_context-smoke"),
     ("results-psp_bins-192", "psp_bins", "synthetic_context192px-smoke"),
     ("results-psp_aux_depth", "psp_aux_depth", "synthetic_context_tokens-smoke"),
+    ("results-psp_aux_depth-table-3", "psp_aux_depth", "synthetic_context_tokens-smoke", "-table-3"),
     # the feature-map-size check of the ASPP smoke result: ASPP-S vs ASPP-L at 320 px
     ("results-aspp-320", "aspp", "synthetic_multiscale320px-smoke"),
     ("results-deeplab_v1", "deeplab_v1", "synthetic_multiscale-smoke"),
@@ -72,6 +74,8 @@ RESULT_SECTIONS = [
     ("results-deeplabv3", "deeplabv3", "synthetic_multiscale-smoke"),
     ("results-deeplabv3plus", "deeplabv3plus", "synthetic_thin-smoke"),
     ("results-deeplabv3plus_decoder", "deeplabv3plus_decoder", "synthetic_thin-smoke"),
+    ("results-deeplabv3plus_decoder-table-2", "deeplabv3plus_decoder", "synthetic_thin-smoke", "-table-2"),
+    ("results-deeplabv3_os", "deeplabv3_os", "synthetic_multiscale-smoke"),
     ("results-crf", "crf", "synthetic_multiscale-smoke"),
     ("results-upsampling", "upsampling", "synthetic_thin-smoke"),
     ("results-unet", "unet", "synthetic_touching-smoke"),
@@ -112,19 +116,20 @@ def copy_figure(src: Path, name: str) -> str:
     return f"![{src.stem}]({dst.relative_to(ROOT)})"
 
 
-def results_section(ablation: str, dataset: str) -> str:
+def results_section(ablation: str, dataset: str, table: str = "") -> str:
+    """``table``: the runner's suffix of a non-default option's table (``-table-2``)."""
     folder = ROOT / "results" / ablation / dataset
-    path = folder / "results.md"
+    path = folder / f"results{table}.md"
     if not path.exists():
         return f"_Not generated yet: run the script, then `python tools/readme_tables.py` ({path} missing)._"
     text = path.read_text().strip()
-    claims = folder / "claims.md"
+    claims = folder / f"claims{table}.md"
     if claims.exists() and "## Claims" not in text:  # a results.md written before the claims table
         text += "\n\n" + claims.read_text().strip()
     # one level below the README's "## Results" (results_crf adds a second table to the file)
     text = "\n".join("##" + line if line.startswith("## ") else line for line in text.splitlines())
-    links = [copy_figure(folder / "figures" / f, f"{ablation}-{dataset}-{f}")
-             for f in SHOWN if (folder / "figures" / f).exists()]
+    figures = folder / f"figures{table}"
+    links = [copy_figure(figures / f, f"{ablation}-{dataset}{table}-{f}") for f in SHOWN if (figures / f).exists()]
     return text + ("\n\n" + " ".join(links) if links else "")
 
 
@@ -163,8 +168,8 @@ def render(readme: str, only: list[str] | None = None) -> str:
     sections = {"models": models_table, "receptive-fields": receptive_fields_section}
     for name in RECIPE_SECTIONS:
         sections[f"recipes-{name}"] = lambda n=name: recipes_section(n)
-    for marker, ablation, dataset in RESULT_SECTIONS:
-        sections[marker] = lambda a=ablation, d=dataset: results_section(a, d)
+    for marker, ablation, dataset, *table in RESULT_SECTIONS:
+        sections[marker] = lambda a=ablation, d=dataset, t=table: results_section(a, d, *t)
     for name, make in sections.items():
         if only and not any(name.startswith(prefix) for prefix in only):
             continue
