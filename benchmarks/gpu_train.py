@@ -25,6 +25,15 @@ checkpoints excluded) against (a)'s, and the warm-up seconds. The bare step of a
 with a runner row is built from the same resolved cell (model, kwargs, per-device batch, crop,
 auxiliary loss weight), so (a) and (c) train the same network.
 
+(e) ``--sync-check``: the host-GPU synchronisations per training step of each runner row and of
+the quickstart cell (``count_syncs``: CUDA's sync debug mode makes every operation that waits for
+the GPU warn from the Python line that called it; two runs differing by ``--sync-steps`` steps,
+so set-up, warm-up and validation cancel out), with the lines they come from. A step that
+synchronises cannot queue the next step while the GPU runs this one: what made LargeFOV's
+runner half as fast as its bare step (BENCHMARKS.md). The quickstart cell itself (ASPP-L, seed 0
+of ``python experiments/aspp_ablation.py``, smoke preset, this machine's defaults) is timed
+unless ``--no-quickstart``.
+
 (d) The loss alone on PSPNet-sized logits (16 × 150 × 473 × 473, bf16 on a GPU; a small size on
 a CPU): forward + backward of ``F.cross_entropy(logits.float())`` against the repository's
 ``segmentation_loss`` (``LowPrecisionCrossEntropy`` for half-precision logits), peak memory
@@ -34,6 +43,7 @@ above the logits and time.
     python benchmarks/gpu_train.py --only deeplab_v3_os8 pspnet --steps 20
     python benchmarks/gpu_train.py --tiny --json /tmp/tiny.json  # anywhere (CPU): a check only
     python benchmarks/gpu_train.py --no-runner                   # (a), (b) and (d) only
+    python benchmarks/gpu_train.py --sync-check --json g.json    # and (e): host syncs per step
 """
 
 from __future__ import annotations
@@ -106,12 +116,14 @@ CONFIGS = [  # the papers' recipes (experiments/recipes/*.py), width 1, no pretr
 EXPORT_SIZE = {"voc": 500, "ade20k": 512}  # VOC images are at most 500 px; ADE20K ~512 short side
 
 
-def runner_argv(cfg: Config, args, root: Path | None, out: Path) -> tuple[str, list[str]]:
-    """The command line of (c)'s cell: the paper preset of ``cfg.runner``'s script and variant."""
+def runner_argv(cfg: Config, args, root: Path | None, out: Path, steps: int | None = None) -> tuple[str, list[str]]:
+    """The command line of (c)'s cell: the paper preset of ``cfg.runner``'s script and variant,
+    ``steps`` optimiser steps (default ``--runner-steps`` + the runner's 3 warm-up steps)."""
     stem, variant, extra = cfg.runner
     data = {"voc": ["--data", "voc"], "ade20k": ["--data", "ade20k"], "synthetic": []}[cfg.layout]
+    steps = steps if steps is not None else args.runner_steps + 3
     argv = ["--preset", "paper", *data, "--variant", variant, "--seed", "0", "--pretrained", "false",
-            "--max-steps", str(args.runner_steps + 3), "--out", str(out), "--quiet", "--no-figures",
+            "--max-steps", str(steps), "--out", str(out), "--quiet", "--no-figures",
             *extra]
     if cfg.layout != "synthetic":
         argv += ["--data-root", str(root), "--skip-data-check"]
@@ -264,6 +276,85 @@ def measure_runner(cfg: Config, args, roots: dict[str, Path], tmp: Path) -> dict
             "accumulate": config.get("accumulate"), "argv": argv}
 
 
+SYNC_WARNING = "called a synchronizing CUDA operation"  # torch's sync debug mode, c10/cuda
+
+
+def count_syncs(run, set_mode=None) -> tuple[object, dict[str, int]]:
+    """``run()`` with CUDA's sync debug mode on ("warn"): every operation that makes the host wait
+    for the GPU (``.item()``, a copy to the CPU, a copy from pageable memory, ...) warns from
+    the Python line that called it. Returns ``run()``'s result and the count per ``file:line``."""
+    import warnings
+    from collections import Counter
+
+    set_mode = set_mode or torch.cuda.set_sync_debug_mode
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        set_mode("warn")
+        try:
+            result = run()
+        finally:
+            set_mode("default")
+    counts = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if SYNC_WARNING in str(w.message))
+    return result, dict(counts.most_common())
+
+
+def syncs_per_step(short: dict[str, int], long: dict[str, int], extra_steps: int) -> dict:
+    """Host-GPU synchronisations per training step, from two runs that differ by ``extra_steps``
+    optimiser steps and nothing else: set-up, warm-up and the final validation cancel out."""
+    where = {k: (long.get(k, 0) - short.get(k, 0)) / extra_steps for k in set(short) | set(long)}
+    where = {k: v for k, v in sorted(where.items(), key=lambda kv: -kv[1]) if v > 0}
+    return {"per_step": sum(where.values()), "where": where}
+
+
+def measure_syncs(cfg: Config, args, roots: dict[str, Path], tmp: Path, stem_variant=None) -> dict:
+    """(e) host syncs: ``cfg``'s runner cell (or ``stem_variant``'s smoke cell) for 4 and for
+    4 + ``--sync-steps`` optimiser steps under the sync debug mode; the difference per step."""
+    if args.device != "cuda":
+        return {"note": "CPU: no host-GPU synchronisation to count"}
+    from experiments.runner import main as run_ablation
+
+    counts = []
+    for steps in (4, 4 + args.sync_steps):
+        out = tmp / f"syncs_{cfg.key}_{steps}"
+        stem, argv = stem_variant(out, steps) if stem_variant else runner_argv(cfg, args, roots.get(cfg.layout), out, steps)
+        counts.append(count_syncs(lambda: run_ablation(ablation_of(stem), argv))[1])
+    return {**syncs_per_step(*counts, args.sync_steps), "steps": args.sync_steps}
+
+
+def quickstart_argv(args, out: Path, steps: int | None = None) -> tuple[str, list[str]]:
+    """One cell of the quickstart (``python experiments/aspp_ablation.py``): ASPP-L, seed 0, the
+    smoke preset as it runs by default on this machine (``--tiny``: smaller and shorter)."""
+    argv = ["--variant", "ASPP-L", "--seed", "0", "--out", str(out), "--quiet", "--no-figures"]
+    if steps is not None:
+        argv += ["--max-steps", str(steps)]
+    if args.tiny:
+        argv += ["--width", "0.0625", "--image-size", "96", "--set", "data.num_train=16", "--set", "data.num_val=2"]
+        argv += [] if steps is not None else ["--max-steps", "4"]
+    return "aspp", argv
+
+
+def measure_quickstart(args, tmp: Path) -> dict:
+    """(e) the quickstart's own cell, as ``python experiments/aspp_ablation.py`` trains it here:
+    wall time of the cell, its training steps/s (steady state), and its host syncs per step."""
+    from experiments.runner import main as run_ablation
+
+    out = tmp / "quickstart"
+    stem, argv = quickstart_argv(args, out)
+    t0 = time.perf_counter()
+    run_ablation(ablation_of(stem), argv)
+    wall = time.perf_counter() - t0
+    m = json.loads(next(out.rglob("metrics.json")).read_text())
+    card = json.loads(next(out.rglob("config.json")).read_text())["card"]
+    row = {"wall_s": wall, "train_time_s": m["train_time_s"], "steps": m["steps"],
+           "steps_per_s": m["train_images_per_s"] / card["global_batch"] if m["train_images_per_s"] else None,
+           "precision": card["precision"], "channels_last": card["channels_last"], "workers": card["num_workers"],
+           "argv": argv}
+    if args.sync_check:
+        cfg = Config("quickstart", "quickstart cell", "deeplab_v2", {}, 21, 8, 160, "synthetic", "flip")
+        row["syncs"] = measure_syncs(cfg, args, {}, tmp, lambda o, n: quickstart_argv(args, o, n))
+    return row
+
+
 def measure_loss(args, device: str) -> list[dict]:
     """(d): forward + backward of the loss alone on PSPNet-sized logits; peak memory above them."""
     from lightning_modules.segmentation import segmentation_loss
@@ -345,6 +436,27 @@ def loss_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def quickstart_table(q: dict) -> str:
+    rate = f"{q['steps_per_s']:.1f}" if q.get("steps_per_s") else "–"
+    return ("| quickstart cell | steps | wall s | train s | steps/s (steady) | precision "
+            "| channels_last | workers |\n|---|---|---|---|---|---|---|---|\n"
+            f"| aspp_ablation.py {' '.join(q['argv'][:4])} | {q['steps']} | {q['wall_s']:.1f} | {q['train_time_s']:.1f} | {rate} "
+            f"| {q['precision']} | {q['channels_last']} | {q['workers']} |")
+
+
+def syncs_table(rows: list[dict], quick: dict) -> str:
+    lines = ["| configuration | host syncs per training step | where (file:line: per step) |", "|---|---|---|"]
+    for title, sy in [(r["title"], r.get("syncs")) for r in rows] + [("quickstart cell", quick.get("syncs"))]:
+        if not sy:
+            continue
+        if "note" in sy:
+            lines.append(f"| {title} | – | {sy['note']} |")
+        else:
+            where = "; ".join(f"{k}: {v:g}" for k, v in list(sy["where"].items())[:5]) or "none"
+            lines.append(f"| {title} | {sy['per_step']:g} | {where} |")
+    return "\n".join(lines)
+
+
 class _synthetic_cache:
     """``SEGABL_CACHE`` pointed at ``path`` for the runner's synthetic rows (U-Net), then restored."""
 
@@ -381,6 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-loader", action="store_true", help="skip part (b)")
     p.add_argument("--no-runner", action="store_true", help="skip part (c)")
     p.add_argument("--runner-steps", type=int, help="(c): steps after the 3 warm-up steps (default 30; --tiny 2)")
+    p.add_argument("--sync-check", action="store_true",
+                   help="(e): count the host-GPU synchronisations per training step of each runner row "
+                        "and of the quickstart cell, with where they come from (two extra short runs each)")
+    p.add_argument("--sync-steps", type=int, default=8, help="(e): the steps the two runs differ by (default 8)")
+    p.add_argument("--no-quickstart", action="store_true", help="skip the quickstart cell")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     tiny = args.tiny
@@ -399,13 +516,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
     started = time.perf_counter()
     device_name = (torch.cuda.get_device_name() if args.device == "cuda" else "cpu")
-    rows, loss_rows = [], []
+    rows, loss_rows, quick = [], [], {}
 
     def save() -> None:  # after every measurement: a run cut short keeps what it measured
         if args.json:
             args.json.write_text(json.dumps({"machine": machine(), "device": device_name,
                                              "tiny": tiny, "width": args.width, "rows": rows,
-                                             "loss": loss_rows, "runner_steps": args.runner_steps,
+                                             "loss": loss_rows, "quickstart": quick,
+                                             "runner_steps": args.runner_steps,
                                              "seconds": time.perf_counter() - started}, indent=1))
 
     for cfg in args.configs:
@@ -429,11 +547,22 @@ def main(argv: list[str] | None = None) -> int:
                             row["runner"] = measure_runner(cfg, args, roots, Path(tmp))
                         print(f"{cfg.key}: runner measured in {time.perf_counter() - t0:.1f}s",
                               file=sys.stderr)
+                    if args.sync_check and cfg.runner is not None:
+                        with _synthetic_cache(args.synthetic_cache):
+                            row["syncs"] = measure_syncs(cfg, args, roots, Path(tmp))
+                    save()
+                if not args.no_quickstart:
+                    t0 = time.perf_counter()
+                    with _synthetic_cache(args.synthetic_cache):
+                        quick.update(measure_quickstart(args, Path(tmp)))
+                    print(f"quickstart cell measured in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
                     save()
     header = (f"Machine: {machine()}; device {device_name}; width {args.width:g}; "
               f"{args.warmup} warm-up + median of {args.steps} steps (bare); runner "
               f"{args.runner_steps} steps after 3 warm-up; {time.perf_counter() - started:.0f}s in all")
-    print(header + "\n\n" + table(rows) + "\n\n" + loss_table(loss_rows))
+    print(header + "\n\n" + table(rows) + "\n\n" + loss_table(loss_rows)
+          + ("\n\n" + quickstart_table(quick) if quick else "")
+          + ("\n\n" + syncs_table(rows, quick) if args.sync_check else ""))
     save()
     return 0
 

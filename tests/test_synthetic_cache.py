@@ -188,8 +188,14 @@ def test_gpu_train_benchmark_tiny_runs_on_the_cpu_and_writes_one_row_per_configu
         return proc
 
     # (c), the real runner, on two configurations: a VOC-layout one and the synthetic U-Net
-    bench("--only", "deeplab_largefov", "unet", "--no-loader", "--runner-steps", "2")
+    proc = bench("--only", "deeplab_largefov", "unet", "--no-loader", "--runner-steps", "2", "--sync-check")
     runs = json.loads(out.read_text())
+    # (e) the quickstart's cell (smoke preset, tiny) and the sync check, which needs a GPU
+    quick = runs["quickstart"]
+    assert quick["steps"] == 4 and quick["steps_per_s"] > 0 and quick["argv"][:2] == ["--variant", "ASPP-L"]
+    assert quick["precision"] == "32-true" and quick["syncs"] == {"note": "CPU: no host-GPU synchronisation to count"}
+    assert all(r["syncs"]["note"].startswith("CPU") for r in runs["rows"])
+    assert "| aspp_ablation.py --variant ASPP-L --seed 0 |" in proc.stdout and "| host syncs per training step |" in proc.stdout
     for row in runs["rows"]:
         runner = row["runner"]
         assert runner["images_per_s"] > 0 and runner["warmup_s"] > 0 and runner["steps"] == 5, runner
@@ -198,7 +204,7 @@ def test_gpu_train_benchmark_tiny_runs_on_the_cpu_and_writes_one_row_per_configu
             "deeplab_largefov": "deeplab_largefov", "unet": "unet"}[row["key"]]
     assert [r["loss"] for r in runs["loss"]] == ["F.cross_entropy(logits.float())", "segmentation_loss (ours)"]
     # (a), (b) and (d) on every configuration
-    proc = bench("--no-runner")
+    proc = bench("--no-runner", "--no-quickstart")
     result = json.loads(out.read_text())
     assert [r["key"] for r in result["rows"]] == [c.key for c in CONFIGS]
     for row in result["rows"]:
@@ -227,3 +233,34 @@ def test_cpu_jobs_benchmark_tiny_times_a_sweep_per_setting(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["jobs"], r["cells"]) for r in rows] == [(2, 2)] and rows[0]["wall_s"] > 0
     assert "| 2 |" in proc.stdout
+
+
+def test_sync_count_is_per_source_line_and_per_step_cancels_set_up():
+    """(e) of benchmarks/gpu_train.py, without a GPU: the sync debug mode's warnings counted per
+    line (other warnings ignored, the mode switched on and back), and two runs' difference per
+    step (lines that only run in set-up or validation drop out)."""
+    import sys
+    import warnings
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.gpu_train import SYNC_WARNING, count_syncs, syncs_per_step
+
+    modes = []
+
+    def run(steps: int) -> str:
+        warnings.warn(SYNC_WARNING)  # set-up: once per run
+        for _ in range(steps):
+            warnings.warn(SYNC_WARNING)  # a per-step sync
+            warnings.warn(SYNC_WARNING)  # another line, also once per step
+            warnings.warn("an unrelated warning")
+        return "done"
+
+    result, short = count_syncs(lambda: run(4), modes.append)
+    assert result == "done" and modes == ["warn", "default"]
+    this = Path(__file__).name
+    assert sum(short.values()) == 1 + 2 * 4 and all(k.startswith(f"{this}:") for k in short)
+    _, long = count_syncs(lambda: run(12), modes.append)
+    per_step = syncs_per_step(short, long, 8)
+    assert per_step["per_step"] == 2 and len(per_step["where"]) == 2
+    assert sorted(per_step["where"].values()) == [1, 1]  # the set-up line dropped out
