@@ -24,8 +24,9 @@ PAPER = Recipe(
     eval=Eval(mode="whole", pad_to=513),
     model={"backbone": "resnet101"},
     notes=(
-        "schedule: the single OS-16 stage; the paper's Table 6 rows fine-tune at OS 8 with frozen "
-        "BN on trainval afterwards",
+        "schedule: the single OS-16 stage on train_aug, which the val tables use (their 'eval OS 8' rows "
+        "evaluate it at OS 8: v3 Sec. 4.3, v3+ Table 3); the paper's test-server model then freezes BN "
+        "and trains 30K more at OS 8 on trainval (v3 Sec. 4.1), not done here",
     ),
 )
 XCEPTION = {"optim": {"weight_decay": 4e-5}}   # v3+ Xception-65 rows
