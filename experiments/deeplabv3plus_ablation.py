@@ -86,10 +86,12 @@ ABLATION = Ablation(
         Claim("R101 no decoder", "R101 decoder", ">", source="DeepLab v3+ Table 3"),
         Claim("R101 no decoder", "R101 decoder", ">", "trimap_miou", source="DeepLab v3+ Fig. 5 (trimap)"),
         Claim("R101 decoder", "R101 decoder, eval OS 8", ">", source="DeepLab v3+ Table 3"),
+        Claim("R101 decoder, eval OS 8", "R101 decoder, eval OS 8, MS + flip", ">", source="DeepLab v3+ Table 3"),
         Claim("low-level 16, 1 conv", "low-level 48, 1 conv", ">", source="DeepLab v3+ Table 1"),
         Claim("low-level 64, 1 conv", "low-level 48, 1 conv", ">", source="DeepLab v3+ Table 1"),
         Claim("low-level 48, 1 conv", "R101 decoder", ">", source="DeepLab v3+ Table 2 (two 3x3 convs)"),
         Claim("Xception-65 no decoder", "Xception-65 decoder", ">", source="DeepLab v3+ Table 5"),
+        Claim("Xception-65 decoder", "Xception-65 decoder, eval OS 8", ">", source="DeepLab v3+ Table 5"),
     ),
 )
 

@@ -4,7 +4,8 @@
 ``--table 2``: the ResNet-50 baseline (dilated FCN, no pyramid pooling; Table 1's first row)
 trained without the auxiliary head or with its loss weighted α = 0.3, 0.4 (the paper's), 0.6,
 0.9. ``--table 3``: the full PSPNet (B1236 AVE DR) on deep-stem ResNet-50/101/152, single scale
-and with multi-scale testing ("MS": scales 0.5–1.75 and flips, hszhao/semseg). ResNet-269 is not
+and with multi-scale testing ("MS": scales 0.5–1.75 and flips, hszhao/semseg; evaluation-only
+variants that test the single-scale row's trained weights, ``weights_from``). ResNet-269 is not
 available (no ImageNet weights of it exist outside the authors' Caffe model; README). The smoke
 preset uses the synthetic ``context_tokens`` task, as ``psp_bins_ablation.py``.
 
@@ -52,8 +53,10 @@ def variants(table: str) -> dict[str, Variant]:
     for d in (50, 101, 152):
         rows[f"ResNet{d}"] = Variant("pspnet", {**full, "backbone": f"resnet{d}"}, f"pspnet.table3.r{d}")
     for d in (50, 101, 152):  # ResNet152 + MS: its number is not transcribed (paper_numbers.toml)
+        # the same trained model tested at several scales: evaluation only (weights_from)
         rows[f"ResNet{d} + MS"] = Variant("pspnet", {**full, "backbone": f"resnet{d}"},
-                                          f"pspnet.table3.r{d}_ms" if d != 152 else None, recipe=MS)
+                                          f"pspnet.table3.r{d}_ms" if d != 152 else None,
+                                          recipe={**MS, "weights_from": f"ResNet{d}"})
     return rows
 
 

@@ -138,14 +138,16 @@ def test_runner_evaluates_the_parents_final_weights_after_it_finished(tmp_path, 
 
 def test_the_papers_eval_only_rows_are_evaluation_only():
     """DeepLab v3 Table 6 and v3+ Tables 3 and 5 evaluate the OS-16 model at OS 8 (and with
-    MS + flip): those variants name the variant that trains them, with nothing else changed."""
+    MS + flip), PSPNet Table 3 tests its models at several scales: those variants name the
+    variant that trains them, with nothing else changed."""
     import importlib.util
 
     def ablation(name: str) -> Ablation:
-        spec = importlib.util.spec_from_file_location(name, f"experiments/{name}.py")
+        script, _, table = name.partition(" --table ")
+        spec = importlib.util.spec_from_file_location(script, f"experiments/{script}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        return module.ABLATION
+        return dataclasses.replace(module.ABLATION, variants=module.variants(table)) if table else module.ABLATION
 
     expected = {
         "deeplabv3_ablation": {"+ image pooling, eval OS 8": "MG(1,2,4) + image pooling"},
@@ -153,6 +155,8 @@ def test_the_papers_eval_only_rows_are_evaluation_only():
                                    "R101 no decoder, eval OS 8": "R101 no decoder",
                                    "R101 decoder, eval OS 8, MS + flip": "R101 decoder",
                                    "Xception-65 decoder, eval OS 8": "Xception-65 decoder"},
+        # PSPNet Table 3: "+MS" is multi-scale testing of the single-scale row's model
+        "psp_aux_depth_ablation --table 3": {f"ResNet{d} + MS": f"ResNet{d}" for d in (50, 101, 152)},
     }
     for script, pairs in expected.items():
         abl = ablation(script)
