@@ -32,7 +32,7 @@ so set-up, warm-up and validation cancel out), with the lines they come from. A 
 synchronises cannot queue the next step while the GPU runs this one: what made LargeFOV's
 runner half as fast as its bare step (BENCHMARKS.md). The quickstart cell itself (ASPP-L, seed 0
 of ``python experiments/aspp_ablation.py``, smoke preset, this machine's defaults) is timed
-unless ``--no-quickstart``.
+unless ``--no-quickstart``, beside its network's bare step (same batch, size, precision).
 
 (d) The loss alone on PSPNet-sized logits (16 × 150 × 473 × 473, bf16 on a GPU; a small size on
 a CPU): forward + backward of ``F.cross_entropy(logits.float())`` against the repository's
@@ -333,6 +333,28 @@ def quickstart_argv(args, out: Path, steps: int | None = None) -> tuple[str, lis
     return "aspp", argv
 
 
+def bare_quickstart_step(stem: str, argv: list[str], card: dict, args) -> float:
+    """Steps/s of the quickstart cell's network alone (``time_train_step``: random data, the
+    cell's batch, size, precision and memory format; SGD where the cell uses AdamW): what the
+    runner's steps/s is to be compared with."""
+    from experiments.card import synthetic_task
+    from experiments.runner import parse_args
+    from experiments.tasks import get_task
+    from models import build_model
+
+    ablation = ablation_of(stem)
+    parsed, run, _ = parse_args(ablation, argv)
+    cell = parsed.cells[card["variant"]]
+    classes = get_task(ablation.task).dataset(run.data).num_classes(synthetic_task(ablation, run))
+    model = build_model(cell.model, classes, **{**cell.model_kwargs, "pretrained": False})
+    size, batch = card["crop_size"], card["batch_size_per_device"]
+    x = torch.randn(batch, 3, size, size, device=args.device)
+    y = torch.randint(0, classes, (batch, size, size), device=args.device)
+    dtype = torch.bfloat16 if card["precision"] == "bf16-mixed" else torch.float32
+    timed = time_train_step(model, x, y, dtype, card["channels_last"], max(args.steps, 10), args.warmup)
+    return 1 / timed["step_s"]
+
+
 def measure_quickstart(args, tmp: Path) -> dict:
     """(e) the quickstart's own cell, as ``python experiments/aspp_ablation.py`` trains it here:
     wall time of the cell, its training steps/s (steady state), and its host syncs per step."""
@@ -349,6 +371,7 @@ def measure_quickstart(args, tmp: Path) -> dict:
            "steps_per_s": m["train_images_per_s"] / card["global_batch"] if m["train_images_per_s"] else None,
            "precision": card["precision"], "channels_last": card["channels_last"], "workers": card["num_workers"],
            "argv": argv}
+    row["bare_steps_per_s"] = bare_quickstart_step(stem, argv, card, args)
     if args.sync_check:
         cfg = Config("quickstart", "quickstart cell", "deeplab_v2", {}, 21, 8, 160, "synthetic", "flip")
         row["syncs"] = measure_syncs(cfg, args, {}, tmp, lambda o, n: quickstart_argv(args, o, n))
@@ -438,10 +461,11 @@ def loss_table(rows: list[dict]) -> str:
 
 def quickstart_table(q: dict) -> str:
     rate = f"{q['steps_per_s']:.1f}" if q.get("steps_per_s") else "–"
-    return ("| quickstart cell | steps | wall s | train s | steps/s (steady) | precision "
-            "| channels_last | workers |\n|---|---|---|---|---|---|---|---|\n"
-            f"| aspp_ablation.py {' '.join(q['argv'][:4])} | {q['steps']} | {q['wall_s']:.1f} | {q['train_time_s']:.1f} | {rate} "
-            f"| {q['precision']} | {q['channels_last']} | {q['workers']} |")
+    ratio = f"{100 * q['steps_per_s'] / q['bare_steps_per_s']:.0f}%" if q.get("steps_per_s") else "–"
+    return ("| quickstart cell | steps | wall s | train s | steps/s (steady) | bare steps/s | runner / bare "
+            "| precision | channels_last | workers |\n|---|---|---|---|---|---|---|---|---|---|\n"
+            f"| aspp_ablation.py {' '.join(q['argv'][:4])} | {q['steps']} | {q['wall_s']:.1f} | {q['train_time_s']:.1f} "
+            f"| {rate} | {q['bare_steps_per_s']:.1f} | {ratio} | {q['precision']} | {q['channels_last']} | {q['workers']} |")
 
 
 def syncs_table(rows: list[dict], quick: dict) -> str:
@@ -551,12 +575,13 @@ def main(argv: list[str] | None = None) -> int:
                         with _synthetic_cache(args.synthetic_cache):
                             row["syncs"] = measure_syncs(cfg, args, roots, Path(tmp))
                     save()
-                if not args.no_quickstart:
-                    t0 = time.perf_counter()
-                    with _synthetic_cache(args.synthetic_cache):
-                        quick.update(measure_quickstart(args, Path(tmp)))
-                    print(f"quickstart cell measured in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-                    save()
+
+    if not args.no_quickstart:  # its synthetic items built in an empty cache, as in a fresh clone
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp, _synthetic_cache(str(Path(tmp) / "cache")):
+            quick.update(measure_quickstart(args, Path(tmp)))
+        print(f"quickstart cell measured in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        save()
     header = (f"Machine: {machine()}; device {device_name}; width {args.width:g}; "
               f"{args.warmup} warm-up + median of {args.steps} steps (bare); runner "
               f"{args.runner_steps} steps after 3 warm-up; {time.perf_counter() - started:.0f}s in all")

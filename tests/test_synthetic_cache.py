@@ -193,6 +193,7 @@ def test_gpu_train_benchmark_tiny_runs_on_the_cpu_and_writes_one_row_per_configu
     # (e) the quickstart's cell (smoke preset, tiny) and the sync check, which needs a GPU
     quick = runs["quickstart"]
     assert quick["steps"] == 4 and quick["steps_per_s"] > 0 and quick["argv"][:2] == ["--variant", "ASPP-L"]
+    assert quick["bare_steps_per_s"] > 0
     assert quick["precision"] == "32-true" and quick["syncs"] == {"note": "CPU: no host-GPU synchronisation to count"}
     assert all(r["syncs"]["note"].startswith("CPU") for r in runs["rows"])
     assert "| aspp_ablation.py --variant ASPP-L --seed 0 |" in proc.stdout and "| host syncs per training step |" in proc.stdout
