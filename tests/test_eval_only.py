@@ -150,7 +150,8 @@ def test_the_papers_eval_only_rows_are_evaluation_only():
         return dataclasses.replace(module.ABLATION, variants=module.variants(table)) if table else module.ABLATION
 
     expected = {
-        "deeplabv3_ablation": {"+ image pooling, eval OS 8": "MG(1,2,4) + image pooling"},
+        "deeplabv3_ablation": {name: "MG(1,2,4) + image pooling" for name in (
+            "+ image pooling, eval OS 8", "+ image pooling, eval OS 8, MS", "+ image pooling, eval OS 8, MS + flip")},
         "deeplabv3plus_ablation": {"R101 decoder, eval OS 8": "R101 decoder",
                                    "R101 no decoder, eval OS 8": "R101 no decoder",
                                    "R101 decoder, eval OS 8, MS + flip": "R101 decoder",
