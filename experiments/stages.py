@@ -26,6 +26,7 @@ level, each after the previous one succeeded (``--dependency=afterok``).
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ def check_parents(names: Sequence[str], seeds: Sequence[int], parent: Callable[[
                                 f"finished: no {cell / 'metrics.json'} or {cell / 'checkpoints' / 'last.ckpt'}")
     if problems:
         raise ValueError("; ".join(problems) + ". Train the parent first (select it too, e.g. --variants "
-                         f"{' '.join(dict.fromkeys([parent(n) or n for n in names] + list(names)))}), "
+                         f"{' '.join(map(shlex.quote, dict.fromkeys([parent(n) or n for n in names] + list(names))))}), "
                          f"or {' / '.join(sorted(ways_out))}")
 
 
