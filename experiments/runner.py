@@ -545,7 +545,10 @@ def write_table(ablation: Ablation, args, run: Run, names: list[str], seeds: lis
         if not same_data:
             for r in rows:
                 r["delta"] = None
-        title = f"{ablation.title} — {dataset_key(ablation, run)}" + (" (after dense CRF)" if key == "val_crf" else "")
+        options = " ".join(f"--{name} {getattr(args, name)}" for name, option in ablation.options.items()
+                           if getattr(args, name) != option.default)
+        title = (f"{ablation.title} — {dataset_key(ablation, run)}" + (f" ({options})" if options else "")
+                 + (" (after dense CRF)" if key == "val_crf" else ""))
         if smoke_note:
             title = f"[SMOKE] {title}"
         metric_note = (

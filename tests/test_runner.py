@@ -251,6 +251,7 @@ def test_each_option_writes_its_own_table_beside_the_default_one(tmp_path):
     assert (folder / "results.md").read_text() == first  # untouched
     second = (folder / "results-table-2.md").read_text()
     assert "| 8s |" in second and "| 32s |" not in second
+    assert "synthetic_thin-smoke (--table 2)" in second.splitlines()[0] and "(--table" not in first
     assert (folder / "results-table-2.csv").is_file() and (folder / "figures-table-2" / "bar_miou.png").is_file()
     assert (folder / "figures" / "bar_miou.png").is_file()
     rows = {r["variant"]: r for r in load_rows(folder)}
