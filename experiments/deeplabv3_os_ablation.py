@@ -8,7 +8,7 @@ at output stride 16; ``--table 3`` is ResNet-101 + block7 with multi-grid unit r
 No ASPP in any row. The paper's recipe is v3's (crop 513, batch 16, poly, 30K). The smoke preset
 uses the synthetic ``multiscale`` task (160 px: the block7 map is 1×1 at output stride 256).
 
-    # CPU smoke (default --table 1; synthetic data, 2 seeds)
+    # CPU smoke (default --table 1; synthetic data, 3 seeds)
     python experiments/deeplabv3_os_ablation.py
     python experiments/deeplabv3_os_ablation.py --table 3
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing

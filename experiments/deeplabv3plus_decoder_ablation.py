@@ -8,7 +8,7 @@ ResNet-101 at output stride 16 (VOC 2012 val).
 [3×3, 256] per step, as the text describes it). The smoke preset uses the synthetic ``thin`` task,
 as ``deeplabv3plus_ablation.py`` (which holds Tables 3 and 5).
 
-    # CPU smoke (default --table 1; synthetic data, 2 seeds)
+    # CPU smoke (default --table 1; synthetic data, 3 seeds)
     python experiments/deeplabv3plus_decoder_ablation.py
     python experiments/deeplabv3plus_decoder_ablation.py --table 2
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing

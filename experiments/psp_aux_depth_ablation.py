@@ -9,7 +9,7 @@ variants that test the single-scale row's trained weights, ``weights_from``). Re
 available (no ImageNet weights of it exist outside the authors' Caffe model; README). The smoke
 preset uses the synthetic ``context_tokens`` task, as ``psp_bins_ablation.py``.
 
-    # CPU smoke (default --table 2; synthetic data, 2 seeds)
+    # CPU smoke (default --table 2; synthetic data, 3 seeds)
     python experiments/psp_aux_depth_ablation.py
     python experiments/psp_aux_depth_ablation.py --table 3
     # what a run will do: every cell's recipe card (JSON lines + a table); reads and writes nothing
