@@ -99,6 +99,7 @@ def load_cell(run_dir: Path, checkpoint: str = "last.ckpt", device: str = "cpu")
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     module = SegmentationModule(model, **hparams)
+    module.set_eval_stride(True)  # e.g. DeepLab's "eval OS 8": predict as the cell evaluated
     return module.to(device).eval(), config
 
 

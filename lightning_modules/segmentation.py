@@ -322,7 +322,7 @@ class SegmentationModule(L.LightningModule):
         return torch.cat([known, known.new_full((n - len(known),), -1)])
 
     def _start_eval(self, stage: str) -> None:
-        self._set_eval_stride(True)
+        self.set_eval_stride(True)
         self._eval_seen = 0
         if self._trainer is None:  # called by hand (experiments.results_folder): positions
             self._eval_order = None
@@ -338,21 +338,23 @@ class SegmentationModule(L.LightningModule):
         for ev in self.evaluators:
             ev.update(images, probs, masks, self)
 
-    def _set_eval_stride(self, evaluating: bool) -> None:
+    def set_eval_stride(self, evaluating: bool) -> None:
+        """The network at ``eval_output_stride`` (evaluating) or back at its training stride;
+        nothing without an ``eval_output_stride``. Validation and test switch it themselves."""
         if self.hparams.eval_output_stride is not None:
             self.model.set_output_stride(self.hparams.eval_output_stride if evaluating else self.train_output_stride)
 
     @contextlib.contextmanager
     def evaluated_model(self) -> Iterator[nn.Module]:
         """The network as it evaluates (``eval_output_stride`` applied), e.g. to count its FLOPs."""
-        self._set_eval_stride(True)
+        self.set_eval_stride(True)
         try:
             yield self.model
         finally:
-            self._set_eval_stride(False)
+            self.set_eval_stride(False)
 
     def _eval_epoch_end(self, stage: str) -> None:
-        self._set_eval_stride(False)
+        self.set_eval_stride(False)
         # every value comes from confusion matrices synced across processes: equal on every rank
         results = {stage: summarise(self.metrics[stage])}
         per_image = {stage: per_image_counts(self.metrics[stage])}

@@ -125,6 +125,15 @@ def test_runner_evaluates_the_parents_final_weights_after_it_finished(tmp_path, 
     assert module.hparams.eval_output_stride == 8 and trained.hparams.eval_output_stride is None
     for (name, a), b in zip(module.model.state_dict().items(), trained.model.state_dict().values()):
         assert torch.equal(a, b), name
+    assert module.model.output_stride == 8 and trained.model.output_stride == 16  # predicts as evaluated
+    # tools.eval_scales on it: scale 1 without flips is the cell's own evaluation
+    from tools.eval_scales import scale_table
+
+    rows = scale_table(cells / "eval OS 8" / "seed0", [1.0, 0.5])
+    assert [(r["scales"], r["flip"]) for r in rows] == [((1.0,), False), ((1.0,), True), ((0.5,), False),
+                                                         ((0.5,), True), ((1.0, 0.5), True)]
+    assert rows[0]["miou"] == pytest.approx(100 * child["val"]["miou"], abs=1e-9)
+    assert rows[0]["images"] == 4 and rows[0]["mode"] == "ms_flip"
 
     # weights trained differently from what this command says: refused, naming the difference
     config = cells / "OS 16" / "seed0" / "config.json"
