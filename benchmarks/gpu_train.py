@@ -317,7 +317,7 @@ def measure_syncs(cfg: Config, args, roots: dict[str, Path], tmp: Path, stem_var
     for steps in (4, 4 + args.sync_steps):
         out = tmp / f"syncs_{cfg.key}_{steps}"
         stem, argv = stem_variant(out, steps) if stem_variant else runner_argv(cfg, args, roots.get(cfg.layout), out, steps)
-        counts.append(count_syncs(lambda: run_ablation(ablation_of(stem), argv))[1])
+        counts.append(count_syncs(lambda stem=stem, argv=argv: run_ablation(ablation_of(stem), argv))[1])
     return {**syncs_per_step(*counts, args.sync_steps), "steps": args.sync_steps}
 
 

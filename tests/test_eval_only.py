@@ -123,7 +123,7 @@ def test_runner_evaluates_the_parents_final_weights_after_it_finished(tmp_path, 
     module, _ = load_cell(cells / "eval OS 8" / "seed0")
     trained, _ = load_cell(cells / "OS 16" / "seed0")
     assert module.hparams.eval_output_stride == 8 and trained.hparams.eval_output_stride is None
-    for (name, a), b in zip(module.model.state_dict().items(), trained.model.state_dict().values()):
+    for (name, a), b in zip(module.model.state_dict().items(), trained.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert module.model.output_stride == 8 and trained.model.output_stride == 16  # predicts as evaluated
     # tools.eval_scales on it: scale 1 without flips is the cell's own evaluation

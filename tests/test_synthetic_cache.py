@@ -250,11 +250,11 @@ def test_sync_count_is_per_source_line_and_per_step_cancels_set_up():
     modes = []
 
     def run(steps: int) -> str:
-        warnings.warn(SYNC_WARNING)  # set-up: once per run
+        warnings.warn(SYNC_WARNING, stacklevel=1)  # set-up: once per run
         for _ in range(steps):
-            warnings.warn(SYNC_WARNING)  # a per-step sync
-            warnings.warn(SYNC_WARNING)  # another line, also once per step
-            warnings.warn("an unrelated warning")
+            warnings.warn(SYNC_WARNING, stacklevel=1)  # a per-step sync
+            warnings.warn(SYNC_WARNING, stacklevel=1)  # another line, also once per step
+            warnings.warn("an unrelated warning", stacklevel=1)
         return "done"
 
     result, short = count_syncs(lambda: run(4), modes.append)

@@ -44,7 +44,7 @@ def evaluate(module, samples, scales: Sequence[float], flip: bool, **kwargs) -> 
     """mIoU and pixel accuracy (%) of ``module`` on ``samples`` at ``scales`` (± flips)."""
     cm = confusion_matrix_metric(module.hparams.num_classes)
     with torch.no_grad():
-        for image, mask in zip(samples.images, samples.masks):
+        for image, mask in zip(samples.images, samples.masks, strict=True):
             probs = predict_probs(module, image[None], scales=tuple(scales), flip=flip, **kwargs)
             cm.update(probs.argmax(1), torch.as_tensor(mask, dtype=torch.long)[None])
     m = metrics_from_confusion(cm.compute())
