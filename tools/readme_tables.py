@@ -77,6 +77,7 @@ RESULT_SECTIONS = [
     ("results-deeplabv3plus_decoder-table-2", "deeplabv3plus_decoder", "synthetic_thin-smoke", "-table-2"),
     ("results-deeplabv3_os", "deeplabv3_os", "synthetic_multiscale-smoke"),
     ("results-deeplabv3_os-table-2", "deeplabv3_os", "synthetic_multiscale-smoke", "-table-2"),
+    ("results-deeplabv3_os-table-3", "deeplabv3_os", "synthetic_multiscale-smoke", "-table-3"),
     ("results-crf", "crf", "synthetic_multiscale-smoke"),
     ("results-upsampling", "upsampling", "synthetic_thin-smoke"),
     ("results-unet", "unet", "synthetic_touching-smoke"),
