@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{args.cell}: no metrics.json there (not a finished cell)")
     if any(s <= 0 for s in args.scales):
         p.error(f"--scales must be > 0, got {args.scales}")
-    print(render(scale_table(args.cell, args.scales, args.num, args.data_root), args.cell))
+    try:
+        rows = scale_table(args.cell, args.scales, args.num, args.data_root)
+    except ValueError as err:  # a protocol without scales (sliding), a real dataset without its root
+        p.error(f"{args.cell}: {err}")
+    print(render(rows, args.cell))
     return 0
 
 
