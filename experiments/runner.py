@@ -30,8 +30,8 @@ per-device batch is the paper's global batch / (N·M·accumulate).
 poorly: on 2 cores, two single-threaded processes were 1.22× faster, BENCHMARKS.md): the command
 starts N − 1 more processes of the same script (``--job-worker``), every process takes this
 machine's threads / N, and they share the sweep through the cell locks (``experiments/lock.py``:
-a cell another process holds is skipped, one whose ``init_from`` parent another process is still
-training is left to that process, which reaches it next). The first process waits for the others
+a cell another process holds is skipped, one whose ``init_from`` or ``weights_from`` parent another
+process is still training is left to that process, which reaches it next). The first process waits for the others
 and writes the table once.
 """
 
@@ -521,13 +521,18 @@ SMOKE_NOTE = ("SMOKE PRESET: synthetic '{task}' task, width-scaled networks trai
               "comparable to the paper column.")
 
 
+def chosen_options(ablation: Ablation, args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The ablation's options set to other than their default, as ``(name, value)``."""
+    return [(name, getattr(args, name)) for name, option in ablation.options.items()
+            if getattr(args, name) != option.default]
+
+
 def table_suffix(ablation: Ablation, args: argparse.Namespace) -> str:
     """What tells the tables of one results folder apart: ``""`` for the ablation's default
     options (``results.md``), else ``-<option>-<value>`` per other choice (``--table 2``:
     ``results-table-2.md``; ``aspp --backbone resnet101``: ``results-backbone-resnet101.md``), so
     one table of a paper never overwrites another's."""
-    return "".join(f"-{name}-{getattr(args, name)}" for name, option in ablation.options.items()
-                   if getattr(args, name) != option.default)
+    return "".join(f"-{name}-{value}" for name, value in chosen_options(ablation, args))
 
 
 def write_table(ablation: Ablation, args, run: Run, names: list[str], seeds: list[int], out_dir: Path,
@@ -545,8 +550,7 @@ def write_table(ablation: Ablation, args, run: Run, names: list[str], seeds: lis
         if not same_data:
             for r in rows:
                 r["delta"] = None
-        options = " ".join(f"--{name} {getattr(args, name)}" for name, option in ablation.options.items()
-                           if getattr(args, name) != option.default)
+        options = " ".join(f"--{name} {value}" for name, value in chosen_options(ablation, args))
         title = (f"{ablation.title} — {dataset_key(ablation, run)}" + (f" ({options})" if options else "")
                  + (" (after dense CRF)" if key == "val_crf" else ""))
         if smoke_note:
