@@ -69,7 +69,8 @@ def _layers(ablation: Ablation, variant_name: str, preset: str, rule_kwargs: Map
     recipe = ablation.paper
     if preset == "smoke":
         recipe = override(override(recipe, {**SMOKE, "model": dict(rule_kwargs)}), ablation.smoke)
-    recipe = override(recipe, {"model": variant.kwargs, **variant.recipe})
+    # the variant's model arguments, then its recipe changes (whose own "model" keys add to them)
+    recipe = override(override(recipe, {"model": variant.kwargs}), variant.recipe)
     if preset == "smoke":
         recipe = override(recipe, variant.smoke)
     return override(recipe, changes)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.card import Run, resolve
+from experiments.card import EVAL_ONLY_FIELDS, Run, _base_card, as_json, resolve
 from experiments.recipe import Data, Optim, Recipe, RecipeError, override
 from experiments.runner import main
 from experiments.spec import Ablation, Variant
@@ -149,7 +149,7 @@ def test_dry_run_of_every_script_and_preset(script, tmp_path, capsys):
                     "world_size"] * card["accumulate"]
                 if preset_args:  # the paper preset: the script's recipe, exactly
                     v = chosen.variants[card["variant"]]
-                    r = override(ablation.paper, {"model": v.kwargs, **v.recipe})
+                    r = override(override(ablation.paper, {"model": v.kwargs}), v.recipe)
                     assert card["preset"] == "paper" and card["global_batch"] == r.data.global_batch
                     for key in ("lr", "momentum", "weight_decay", "lr_schedule", "poly_power",
                                 "head_lr_mult", "bias_lr_mult", "aux_weight", "optimizer"):
@@ -303,12 +303,57 @@ def test_the_smoke_vgg_rule_reaches_builders_that_forward_their_arguments(capsys
     assert all("batch_norm" not in c["model_kwargs"] for c in cards(capsys, roi, "--seeds", "0"))
 
 
+def option_choices(ablation: Ablation) -> list[Ablation]:
+    """The ablation as it runs by default and under every choice of each of its options."""
+    return [ablation] + [ablation.with_option(n, c) for n, o in ablation.options.items() for c in o.choices]
+
+
+def run_of(ablation: Ablation, preset: str) -> Run:
+    if preset == "smoke":
+        return Run(preset="smoke")
+    data = ablation.paper_data if ablation.paper_data in ("voc", "ade20k") else "voc"
+    return Run(data=data, data_root="/x", preset="paper")
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+def test_every_variant_builds_the_model_arguments_it_names(script):
+    """A variant's model arguments reach the network its cell builds even where its recipe changes
+    other model keys too (the ResNet-101 rows of DeepLab v2 Table 4 once lost their backbone and
+    rates that way: LargeFOV-R101 built ASPP-L)."""
+    ablation = load(script)
+    for chosen in option_choices(ablation):
+        for name, variant in chosen.variants.items():
+            cell = resolve(chosen, name, run_of(ablation, "paper"))
+            want = as_json({**variant.kwargs, **variant.recipe.get("model", {})})
+            got = as_json(cell.model_kwargs)
+            assert {k: got.get(k) for k in want} == want, name
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+@pytest.mark.parametrize("preset", ["paper", "smoke"])
+def test_no_two_variants_of_a_table_train_the_same_network(script, preset):
+    """Two rows of one table that would train identically compare a model with itself; a row
+    that evaluates another row's model another way says so (``weights_from``) and trains nothing."""
+    ablation = load(script)
+    for chosen in option_choices(ablation):
+        run = run_of(ablation, preset)
+        trained: dict[str, str] = {}
+        for name in chosen.variants:
+            cell = resolve(chosen, name, run)
+            if cell.recipe.weights_from is not None:
+                continue
+            card = _base_card(chosen, name, 0, run, cell)
+            key = json.dumps({k: v for k, v in card.items() if k not in EVAL_ONLY_FIELDS}, sort_keys=True)
+            assert key not in trained, f"{name!r} trains the same network as {trained[key]!r}"
+            trained[key] = name
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
 def test_paper_global_batch_under_1_2_and_4_devices(script):
     """Every paper-preset cell keeps the paper's global batch on 1, 2 and 4 processes, or stops
     with the nearest valid settings (never a silently different batch)."""
     ablation = load(script)
-    choices = [ablation] + [ablation.with_option(n, c) for n, o in ablation.options.items() for c in o.choices]
+    choices = option_choices(ablation)
     data = ablation.paper_data if ablation.paper_data in ("voc", "ade20k") else "voc"
     for chosen in choices:
         for name in chosen.variants:
@@ -319,8 +364,7 @@ def test_paper_global_batch_under_1_2_and_4_devices(script):
                 except RecipeError as err:
                     assert "cannot be split" in str(err) and "Nearest valid" in str(err), err
                     continue
-                want = override(ablation.paper, {"model": chosen.variants[name].kwargs,
-                                                 **chosen.variants[name].recipe}).data.global_batch
+                want = override(ablation.paper, chosen.variants[name].recipe).data.global_batch
                 assert cell.global_batch == want
                 assert cell.batch_per_device * devices * cell.recipe.trainer.accumulate == want
 

@@ -112,6 +112,25 @@ def test_v1_table2_parameter_counts():
         assert abs(count_parameters(model) - count) < 0.05e6, (name, count_parameters(model))
 
 
+def test_v2_table4_rows_build_their_own_heads_through_the_recipe():
+    """LargeFOV-R101 is one rate-12 3x3 classifier on ResNet-101, ASPP-L-R101 four (rates 6-24),
+    built from the cell the runner resolves (their recipes also set MSC, a model key)."""
+    abl = ablation("aspp_ablation").with_option("backbone", "resnet101")
+    run = Run(data="voc", data_root="/nonexistent", preset="paper")
+    counts, heads = {}, {}
+    for name in ("base-R101", "LargeFOV-R101", "ASPP-L-R101"):
+        cell = resolve(abl, name, run)
+        with torch.device("meta"):
+            model = build_model(cell.model, 21, **{**cell.model_kwargs, "pretrained": False})
+        counts[name] = count_parameters(model)
+        heads[name] = [conv.dilation[0] for conv in model.modules() if isinstance(conv, nn.Conv2d)
+                       and conv.out_channels == 21]
+    assert heads == {"base-R101": [1], "LargeFOV-R101": [12], "ASPP-L-R101": [6, 12, 18, 24]}
+    branch = 2048 * 9 * 21 + 21
+    assert counts["ASPP-L-R101"] - counts["LargeFOV-R101"] == 3 * branch
+    assert abs(counts["LargeFOV-R101"] - 42.89e6) < 0.005e6, counts  # ResNet-101 (42.50M) + one branch
+
+
 def test_v1_step_schedule_through_the_recipe():
     """lr × 0.1 every 2,000 iterations (v1 Sec. 4.1), from the module the recipe builds."""
     abl = ablation("deeplab_v1_ablation")
