@@ -12,6 +12,10 @@ the named variant's ``checkpoints/last.ckpt`` for the same seed with its own eva
 after checking that the stored card of that cell differs from its own only in evaluation fields
 (``experiments.card.EVAL_ONLY_FIELDS``); its ``metrics.json`` names the weights
 (``weights_from``), and a paired comparison with that variant then differs by the evaluation alone.
+A cell that trains exactly what a finished cell of another table trained (same card outside the
+evaluation fields, same seed) links that cell's checkpoints into its own ``checkpoints/`` and
+evaluates them instead of training (``experiments/reuse.py``; ``reused_weights`` in its
+``metrics.json``; ``--no-reuse`` trains it).
 A cell whose ``metrics.json`` exists is skipped; a cell with a
 checkpoint but no metrics resumes from the newest valid one of ``checkpoints/last.ckpt`` (every
 ``checkpoint_every`` steps) and Lightning's SLURM ``hpc_ckpt_<n>.ckpt``, exactly
@@ -48,6 +52,7 @@ from experiments.checkpoints import AtomicCheckpointIO, BestCheckpoint, ResultsT
 from experiments.distributed import RNGState, SyncBatchNormCount, SyncBatchNormPlugin
 from experiments.lock import CellLock, describe
 from experiments.progress import SweepClock
+from experiments.reuse import find_twin, link_checkpoints, reuse_record
 from experiments.progress import callbacks as progress_callbacks
 from experiments.recipe import as_dict
 from experiments.stages import init_from_checkpoint, is_finished, parent_checkpoint, parent_dir
@@ -148,22 +153,25 @@ def evaluated_weights(run_dir: Path, card: dict[str, Any]) -> dict[str, Any]:
 
 def run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_datamodule,
              wandb_project: str | None, verbose: bool = True,
-             progress: tuple[SweepClock, int] | None = None) -> dict[str, Any] | None:
+             progress: tuple[SweepClock, int] | None = None, reuse_root: Path | None = None) -> dict[str, Any] | None:
     """Train and evaluate one cell described by its recipe ``card``; return its metrics, or None
-    when another process holds the cell's lock (the cell is left to it; not an error)."""
+    when another process holds the cell's lock (the cell is left to it; not an error). With
+    ``reuse_root`` (the results root), a finished cell there that trained exactly this card's
+    network for this seed is evaluated instead of training again (``experiments/reuse.py``)."""
     lock = CellLock(run_dir)
     if not lock.acquire():
         print(f"[locked] {run_dir}: skipped, another process is training this cell "
               f"({describe(lock.holder or {})}; lock file {lock.path})")
         return None
     try:
-        return _run_cell(card, cell, run, run_dir, make_datamodule, wandb_project, verbose, progress)
+        return _run_cell(card, cell, run, run_dir, make_datamodule, wandb_project, verbose, progress, reuse_root)
     finally:
         lock.release()
 
 
 def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_datamodule,
-              wandb_project: str | None, verbose: bool, progress: tuple[SweepClock, int] | None) -> dict[str, Any]:
+              wandb_project: str | None, verbose: bool, progress: tuple[SweepClock, int] | None,
+              reuse_root: Path | None = None) -> dict[str, Any]:
     metrics_file = run_dir / "metrics.json"
     config_file = run_dir / "config.json"
     config = {"card": card, "recipe": as_dict(cell.recipe)}  # the card, and the recipe to rebuild it
@@ -188,6 +196,8 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
     model = build_model(cell.model, num_classes, **cell.model_kwargs)
     init_record = None
     weights = evaluated_weights(run_dir, card) if card.get("weights_from") else None
+    twin = find_twin(reuse_root, card, run_dir) if reuse_root is not None else None
+    reused = reuse_record(twin) if twin is not None else None
     if weights is None and card.get("init_from"):  # stage-wise: the parent cell's final weights (same seed)
         parent = parent_dir(run_dir, card["init_from"])
         if not is_finished(parent):
@@ -231,7 +241,7 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         val_check_interval=min(tr.val_every, tr.max_steps) * tr.accumulate, check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         # an evaluation-only cell writes no checkpoint: its weights stay in the cell they came from
-        callbacks=[*([] if weights else [last_ckpt, best_ckpt]), throughput, RNGState(), sync_count,
+        callbacks=[*([] if weights or reused else [last_ckpt, best_ckpt]), throughput, RNGState(), sync_count,
                    *progress_callbacks(*(progress or (SweepClock([tr.max_steps]), 0)),
                                        f"{card['variant']} seed{seed}", verbose)], logger=loggers,
         default_root_dir=run_dir, deterministic=deterministic, benchmark=benchmark, log_every_n_steps=tr.log_every,
@@ -246,6 +256,10 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
                   f"kept their own initialisation: {', '.join(init_record['kept']) or 'none'}")
         if weights is not None:
             print(f"[eval only] {run_dir}: evaluates {weights['checkpoint']} (trains nothing)")
+        elif reused is not None:  # its own copy of the weights, for what reads this cell later
+            link_checkpoints(twin, run_dir)
+            print(f"[reuse] {run_dir}: {twin} trained this network with the same recipe card and seed; "
+                  "evaluates its weights (linked into checkpoints/) and trains nothing (--no-reuse trains it)")
         else:
             print(f"[cell] {run_dir}: {world} process(es), global batch {global_batch} "
                   f"({world} x {cell.batch_per_device} per device x {tr.accumulate} accumulation)"
@@ -253,13 +267,13 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
     for logger in loggers:
         logger.log_hyperparams({"global_batch": global_batch, "world_size": world})
     started = time.time()
-    if weights is None:
+    if weights is None and reused is None:
         final = train(trainer, module, datamodule, run_dir)
     else:  # the same validation as after training, on the other cell's final weights
-        final = Path(weights["checkpoint"])
+        final = Path((weights or reused)["checkpoint"])
     trained = time.time()
     with warnings.catch_warnings():
-        if weights:  # the other cell's checkpoint holds its checkpoint callbacks' state, unused here
+        if weights or reused:  # the other cell's checkpoint holds its checkpoint callbacks' state, unused here
             warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint")
         trainer.validate(module, datamodule=datamodule, ckpt_path=str(final), verbose=False, weights_only=True)
     eval_s = round(time.time() - trained, 1)
@@ -275,13 +289,14 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         "crf": recipe.eval.crf,
         "params": sum(p.numel() for p in model.parameters()),
         "gflops": eval_gflops(module, model, eval_size), "eval_size": eval_size,
-        "train_images_per_s": throughput.images_per_second(),  # steady state: after the warm-up steps
+        # steady state, after the warm-up steps; reused weights: the speed they were trained at
+        "train_images_per_s": reused["train_images_per_s"] if reused else throughput.images_per_second(),
         "train_warmup_s": throughput.warmup_seconds, "train_warmup_steps": throughput.warmup,
         "global_batch": global_batch, "world_size": world, "sync_batchnorm_layers": sync_count.layers,
         # an evaluation-only cell: the steps that trained its weights, no training time of its own
-        "steps": weights["steps"] if weights else trainer.global_step,
-        "train_time_s": None if weights else round(trained - started, 1), "eval_time_s": eval_s,
-        "weights_from": weights,
+        "steps": (weights or reused)["steps"] if weights or reused else trainer.global_step,
+        "train_time_s": None if weights or reused else round(trained - started, 1), "eval_time_s": eval_s,
+        "weights_from": weights, "reused_weights": reused,
         "train_size": getattr(datamodule, "train_size", None),
         "init_from": init_summary(init_record) if init_record is not None else None,
         # CPU weight gradients depend on the thread count (oneDNN splits the reduction), so the
@@ -290,7 +305,7 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
                         "cpu_threads": torch.get_num_threads()},
     }
     if wandb_logger is not None and trainer.is_global_zero:
-        if weights is None:
+        if weights is None and reused is None:
             wandb_logger.experiment.summary[f"best_{task.monitor.replace('/', '_')}"] = float(
                 best_ckpt.best_model_score or 0)
         if task.name == "semantic":  # mask overlays; instance predictions are not drawn there

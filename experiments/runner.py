@@ -4,7 +4,8 @@ A run is one cell (ablation, variant, seed, dataset, preset); ``experiments/cell
 run directory and resume rules, ``experiments/table.py`` the results table. What a cell does is
 its resolved recipe (``experiments/recipe.py``), one precedence everywhere: preset defaults <
 ablation recipe < variant < command line. ``--dry-run`` prints every selected cell's recipe card
-and exits without reading data or writing anything.
+and exits without reading data or writing anything (it looks for finished cells of other tables
+whose weights a cell would reuse, ``experiments/reuse.py``).
 
 Presets:
 - ``smoke`` (default for synthetic data): the paper's recipe with the generic smoke changes
@@ -23,7 +24,9 @@ unfinished cells as ``VARIANT<tab>SEED`` lines (what ``experiments/slurm/submit.
 a job array; ``cells --levels`` prefixes each with its stage-wise dependency level, ``LEVEL<tab>``,
 see ``experiments/stages.py``). Variants that start from another's weights (``init_from``) or
 evaluate them (``weights_from``, evaluation-only: no training) run after it; selecting one whose
-parent is neither selected nor finished is an error. ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes; the
+parent is neither selected nor finished is an error. A cell whose network a finished cell of another
+table under ``--out`` trained with the same recipe card and seed evaluates those weights instead
+of training them again (``experiments/reuse.py``; ``--no-reuse`` trains it). ``--devices N --num-nodes M`` trains each cell with DDP on N×M processes; the
 per-device batch is the paper's global batch / (N·M·accumulate).
 
 ``--jobs N`` trains N cells side by side on one machine (small smoke models use a second thread
@@ -51,11 +54,12 @@ from experiments.card import Run, dataset_key, recipe_card, resolve
 from experiments.cell import run_cell
 from experiments.distributed import global_rank
 from experiments.progress import SweepClock
+from experiments.reuse import find_twin
 from experiments.recipe import PRECISIONS, RecipeError
 from experiments.spec import Ablation
 from experiments.stages import cell_levels, check_parents, is_finished, parent_dir, stage_order
 from experiments.atomic import write_text_atomic
-from experiments.table import collect_rows, render_csv, render_markdown
+from experiments.table import collect_rows, render_csv, render_markdown, reuse_note
 from experiments.tasks import get_task
 
 
@@ -141,6 +145,9 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
     p.add_argument("--logger", choices=["csv", "wandb"], default="csv")
     p.add_argument("--wandb-project", default="segmentation-ablations")
     p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--no-reuse", action="store_true",
+                   help="train every cell itself, even one whose network a finished cell of another table "
+                        "under --out trained with the same recipe card and seed (experiments/reuse.py)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true",
                    help="skip the bar charts and prediction grid (results/<ablation>/<dataset>/figures/)")
@@ -332,6 +339,22 @@ def steps_to_train(cell) -> int:
     return 0 if cell.recipe.weights_from else cell.recipe.trainer.max_steps
 
 
+def reused_twins(args: argparse.Namespace, out_dir: Path, cells: list[tuple[str, int]]) -> dict[tuple[str, int], Path]:
+    """(variant, seed) → the finished cell of another table whose weights it will reuse
+    (``experiments/reuse.py``); none with ``--no-reuse``, none for a cell finished itself."""
+    if args.no_reuse:
+        return {}
+    twins = {}
+    for name, seed in cells:
+        run_dir = out_dir / name / f"seed{seed}"
+        if (run_dir / "metrics.json").exists():
+            continue
+        twin = find_twin(args.out, {**args.cards[name], "seed": seed}, run_dir)
+        if twin is not None:
+            twins[(name, seed)] = twin
+    return twins
+
+
 def parent_of(cell) -> str | None:
     """The variant whose cell must finish first: the one whose weights an evaluation-only cell
     evaluates (``weights_from``), else the one a stage-wise cell starts from (``init_from``)."""
@@ -395,6 +418,8 @@ def dry_run(ablation: Ablation, args: argparse.Namespace, run: Run) -> list[dict
         for seed in args.seed_list:
             cards.append({**card, "seed": seed})
             print(json.dumps(cards[-1]))
+    out_dir = args.out / ablation.name / dataset_key(ablation, run)
+    twins = reused_twins(args, out_dir, [(c["variant"], c["seed"]) for c in cards])
     print()
     print("| variant | seed | model | params | global batch (processes x batch x accumulation) | steps | lr (schedule) | eval |")
     print("|---|---|---|---|---|---|---|---|")
@@ -402,15 +427,19 @@ def dry_run(ablation: Ablation, args: argparse.Namespace, run: Run) -> list[dict
         ev = c["eval"]
         protocol = ((ev.get("protocol") or ev["mode"]) + (f", OS {ev['output_stride']}" if ev.get("output_stride") else "")
                     + (" + CRF" if ev["crf"] else ""))
-        steps = f"0 (evaluates {c['weights_from']}'s weights)" if c.get("weights_from") else c["max_steps"]
+        twin = twins.get((c["variant"], c["seed"]))
+        steps = (f"0 (evaluates {c['weights_from']}'s weights)" if c.get("weights_from") else
+                 f"0 (reuses {twin.relative_to(args.out)}'s weights)" if twin else c["max_steps"])
         print(f"| {c['variant']} | {c['seed']} | {c['model']} | {c['params'] / 1e6:.2f}M | {c['global_batch']} "
               f"({c['world_size']} x {c['batch_size_per_device']} x {c['accumulate']}) | {steps} | "
               f"{c['lr']:g} ({c['lr_schedule']}) | {protocol} |")
-    trained = [c for c in cards if not c.get("weights_from")]
+    trained = [c for c in cards if not c.get("weights_from") and (c["variant"], c["seed"]) not in twins]
     steps = sum(c["max_steps"] for c in trained)
     images = sum(c["images_seen"] for c in trained)
-    eval_only = len(cards) - len(trained)
-    print(f"\n{len(cards)} cells" + (f" ({eval_only} evaluation-only: they train nothing)" if eval_only else "")
+    eval_only = sum(1 for c in cards if c.get("weights_from"))
+    skipped = ([f"{eval_only} evaluation-only"] if eval_only else []) + (
+        [f"{len(twins)} reusing the weights of a finished cell of another table"] if twins else [])
+    print(f"\n{len(cards)} cells" + (f" ({', '.join(skipped)}: they train nothing)" if skipped else "")
           + f", {steps:,} optimiser steps, {images:,} training images in total "
           f"(results would go to {args.out / ablation.name / dataset_key(ablation, run)}).")
     notes = sorted({n for c in cards for n in c["notes"]})
@@ -449,9 +478,11 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
         todo = [(name, seed) for name in names for seed in seeds
                 if not (out_dir / name / f"seed{seed}" / "metrics.json").exists()]
         side_by_side, workers = args.jobs > 1 or args.job_worker, []
-        sweep = SweepClock([steps_to_train(args.cells[name]) for name, _ in todo])
+        twins = reused_twins(args, out_dir, todo)
+        sweep = SweepClock([0 if cell in twins else steps_to_train(args.cells[cell[0]]) for cell in todo])
         if todo and global_rank() == 0:
-            print(f"[sweep] {len(todo)} cell(s) to train, {sum(sweep.steps):,} optimiser steps")
+            print(f"[sweep] {len(todo)} cell(s) to train, {sum(sweep.steps):,} optimiser steps"
+                  + (f" ({len(twins)} reuse the weights of finished cells of another table)" if twins else ""))
         threads = torch.get_num_threads()
         try:
             workers = start_job_workers(ablation, argv, args.jobs) if side_by_side and todo and not args.job_worker else []
@@ -497,7 +528,8 @@ def train_cells(args, run: Run, dataset, names: list[str], seeds: list[int], out
 
             run_cell(card, cell, run, run_dir, make_datamodule,
                      args.wandb_project if args.logger == "wandb" else None, verbose=not args.quiet,
-                     progress=(sweep, index) if index is not None else None)
+                     progress=(sweep, index) if index is not None else None,
+                     reuse_root=None if args.no_reuse else args.out)
 
 
 def script_of(ablation: Ablation) -> Path:
@@ -568,7 +600,7 @@ def write_table(ablation: Ablation, args, run: Run, names: list[str], seeds: lis
             + ("" if same_data else f" (paper: {ablation.paper_data}; here: {run.data})") + ".",
             f"Seeds requested: {seeds}. GFLOPs: one forward pass at the eval size, multiply-add = 2 FLOPs. "
             "Each cell's recipe card is in its config.json.",
-        ]
+        ] + [n for n in [reuse_note(rows)] if n]
         text.append(render_markdown(title, rows, notes))
         write_text_atomic(out_dir / f"{'results' if key == 'val' else 'results_crf'}{suffix}.csv", render_csv(rows))
         rows_all += rows

@@ -87,6 +87,9 @@ def collect_rows(ablation: Ablation, variants: list[str], seeds: list[int], data
             "train_images_per_s": statistics.fmean(speeds) if speeds else None,
             "eval_mode": eval_label(first, crf=metric_key.endswith("_crf")),
             "global_batch": first.get("global_batch"), "steps": first.get("steps"),
+            # seed -> "ablation/variant" of the cell whose weights this row's cell reused
+            "reused_weights": {c["seed"]: f"{c['reused_weights']['ablation']}/{c['reused_weights']['variant']}"
+                               for c in have if c.get("reused_weights")},
         }
         row[f"{task.primary}_mean"], row[f"{task.primary}_std"] = mean, std
         row[f"paper_{task.primary}"] = row["paper_value"]
@@ -109,6 +112,21 @@ def eval_label(metrics: dict, crf: bool = False) -> str:
     if source:
         label += f" ({source}'s weights)"
     return label
+
+
+def reuse_note(rows: list[dict]) -> str | None:
+    """The table note naming the rows whose weights a finished cell of another table trained."""
+    parts = []
+    for r in rows:
+        by_source: dict[str, list[int]] = {}
+        for seed, source in sorted(r.get("reused_weights", {}).items()):
+            by_source.setdefault(source, []).append(seed)
+        parts += [f"{r['variant']} ← {source} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+                  for source, seeds in by_source.items()]
+    if not parts:
+        return None
+    return ("Weights trained once for another table with the same recipe card and seed, evaluated here "
+            "(experiments/reuse.py; --no-reuse trains them again): " + "; ".join(parts) + ".")
 
 
 def _secondary(rows: list[dict]) -> list[str]:

@@ -97,7 +97,8 @@ def test_runner_evaluates_the_parents_final_weights_after_it_finished(tmp_path, 
     main(TINY, ["cells", "--levels", *args])
     assert capsys.readouterr().out.splitlines() == ["0\tOS 16\t0", "0\teval OS 8, retrained\t0", "1\teval OS 8\t0"]
 
-    main(TINY, [*args, "--variants", "eval OS 8", "OS 16", "eval OS 8, retrained"])  # listed first: run second
+    # --no-reuse: the control trains again (else it would reuse OS 16's weights, experiments/reuse.py)
+    main(TINY, [*args, "--no-reuse", "--variants", "eval OS 8", "OS 16", "eval OS 8, retrained"])  # listed first: run second
     printed = capsys.readouterr().out
     assert printed.index("[cell] ") < printed.index("[eval only] ")
     cells = out / "evalonly" / "synthetic_thin-smoke"
