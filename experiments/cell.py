@@ -44,6 +44,7 @@ import lightning as L
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -132,6 +133,31 @@ def train(trainer: ResultsTrainer, module, datamodule, run_dir: Path) -> Path:
     return final
 
 
+class FinalValidation(L.Callback):
+    """When the fit loop's last validation ran and on which step: a validation at the final step
+    (``max_steps`` a multiple of ``val_every``, as in the smoke preset) saw the final weights, so
+    it *is* the cell's evaluation — the same weights, data and code as validating ``last.ckpt``
+    again, which would double the evaluation's cost (the whole val set, every scale and flip, the
+    CRF where the recipe has one)."""
+
+    def __init__(self, clock=time.perf_counter) -> None:
+        self.clock = clock
+        self.step: int | None = None
+        self.seconds: float | None = None
+        self._started: float | None = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._started = self.clock()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._started is not None:
+            self.step, self.seconds, self._started = trainer.global_step, self.clock() - self._started, None
+
+    def saw_final_weights(self, trainer) -> bool:
+        return self.step is not None and self.step == trainer.global_step
+
+
 def evaluated_weights(run_dir: Path, card: dict[str, Any]) -> dict[str, Any]:
     """An evaluation-only cell (``weights_from``): the record of the weights it evaluates, the
     final checkpoint of the named variant's cell for the same seed, after checking that the
@@ -215,6 +241,7 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
                                 every_n_train_steps=tr.checkpoint_every, enable_version_counter=False)
     best_ckpt = BestCheckpoint(ckpt_dir, monitor=task.monitor, mode="max")
     throughput = Throughput()
+    final_validation = FinalValidation()
     loggers: list = [attempt_logger(run_dir)]
     wandb_logger = None
     if wandb_project:
@@ -241,8 +268,8 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         val_check_interval=min(tr.val_every, tr.max_steps) * tr.accumulate, check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         # an evaluation-only cell writes no checkpoint: its weights stay in the cell they came from
-        callbacks=[*([] if weights or reused else [last_ckpt, best_ckpt]), throughput, RNGState(), sync_count,
-                   *progress_callbacks(*(progress or (SweepClock([tr.max_steps]), 0)),
+        callbacks=[*([] if weights or reused else [last_ckpt, best_ckpt]), throughput, final_validation, RNGState(), sync_count,
+                   *progress_callbacks(*(progress or (SweepClock([tr.max_steps], [tr.val_every]), 0)),
                                        f"{card['variant']} seed{seed}", verbose)], logger=loggers,
         default_root_dir=run_dir, deterministic=deterministic, benchmark=benchmark, log_every_n_steps=tr.log_every,
         enable_progress_bar=verbose, enable_model_summary=False,
@@ -272,11 +299,15 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
     else:  # the same validation as after training, on the other cell's final weights
         final = Path((weights or reused)["checkpoint"])
     trained = time.time()
-    with warnings.catch_warnings():
-        if weights or reused:  # the other cell's checkpoint holds its checkpoint callbacks' state, unused here
-            warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint")
-        trainer.validate(module, datamodule=datamodule, ckpt_path=str(final), verbose=False, weights_only=True)
-    eval_s = round(time.time() - trained, 1)
+    if final_validation.saw_final_weights(trainer):  # the fit loop's last validation was the evaluation
+        eval_s = round(final_validation.seconds, 1)
+        trained -= final_validation.seconds
+    else:  # e.g. a run resumed after its last step, or val_every not dividing max_steps
+        with warnings.catch_warnings():
+            if weights or reused:  # the other cell's checkpoint holds its checkpoint callbacks' state, unused here
+                warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint")
+            trainer.validate(module, datamodule=datamodule, ckpt_path=str(final), verbose=False, weights_only=True)
+        eval_s = round(time.time() - trained, 1)
     model = revert_sync_batchnorm(module.model)  # no-op unless a layer was left synchronised
     # real images of varying size and no fixed evaluation size (e.g. Mask R-CNN on VOC): no FLOPs
     side = recipe.eval.pad_to or (recipe.eval.window if recipe.eval.mode == "semseg" else None) or card["crop_size"]

@@ -479,7 +479,8 @@ def main(ablation: Ablation, argv: list[str] | None = None) -> list[dict]:
                 if not (out_dir / name / f"seed{seed}" / "metrics.json").exists()]
         side_by_side, workers = args.jobs > 1 or args.job_worker, []
         twins = reused_twins(args, out_dir, todo)
-        sweep = SweepClock([0 if cell in twins else steps_to_train(args.cells[cell[0]]) for cell in todo])
+        sweep = SweepClock([0 if cell in twins else steps_to_train(args.cells[cell[0]]) for cell in todo],
+                           val_every=[args.cells[name].recipe.trainer.val_every for name, _ in todo])
         if todo and global_rank() == 0:
             print(f"[sweep] {len(todo)} cell(s) to train, {sum(sweep.steps):,} optimiser steps"
                   + (f" ({len(twins)} reuse the weights of finished cells of another table)" if twins else ""))

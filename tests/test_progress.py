@@ -50,6 +50,35 @@ def test_a_resumed_cell_counts_its_remaining_steps_and_later_cells_use_the_mean_
     assert "cell 2/2: step 5/60" in sweep.summary()
 
 
+def test_etas_count_the_validations_left_at_their_measured_duration():
+    """Every val_every steps a validation (the last one the cell's evaluation; a cell that trains
+    nothing validates once): the ETAs add them at the measured validation time."""
+    clock = FakeClock()
+    sweep = SweepClock([100, 0, 100], val_every=[50, 50, 40], warmup=1, clock=clock)
+    sweep.start_cell(0)
+    run_steps(sweep, clock, 1, 10, 1.0)
+    assert [sweep.validations_left(i) for i in range(3)] == [2, 1, 3]  # 40 does not divide 100: +1
+    assert sweep.cell_eta() == pytest.approx(90.0)  # no validation timed yet: steps only
+    run_steps(sweep, clock, 11, 50, 1.0)
+    sweep.validation_start()
+    clock.now += 20.0
+    sweep.validation_end()
+    assert sweep.rate() == pytest.approx(1.0) and sweep.validation_seconds() == pytest.approx(20.0)
+    assert sweep.validations_left(0, 50) == 1
+    assert sweep.cell_eta() == pytest.approx(50 + 20)
+    # later cells: the evaluation-only cell's one validation, then 100 steps and 3 validations
+    assert sweep.sweep_eta() == pytest.approx(70 + 20 + (100 + 3 * 20))
+    sweep.step(51)  # the step after a validation is not a training interval
+    assert sweep.rate() == pytest.approx(1.0)
+    sweep.start_cell(1)  # evaluation only
+    assert sweep.cell_eta() == pytest.approx(20.0)
+    sweep.validation_start()
+    clock.now += 4.0
+    sweep.validation_end()
+    assert sweep.cell_eta() == 0.0 and sweep.validation_seconds() == pytest.approx(4.0)
+    assert sweep.sweep_eta() == pytest.approx(100 + 3 * 24 / 2)  # the sweep's mean validation: (20 + 4) / 2
+
+
 def test_format_duration():
     assert [format_duration(s) for s in (None, 5.2, 65, 3700)] == ["?", "5s", "1m05s", "1h01m"]
 
