@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def sweep(script: Path, out: Path, jobs: int, extra: list[str]) -> dict:
-    command = [sys.executable, str(script), "--out", str(out), "--quiet", "--no-figures", "--jobs", str(jobs), *extra]
+    command = [sys.executable, str(script), "--out", str(out), "--quiet", "--no-figures", "--no-reuse", "--jobs", str(jobs),
+               *extra]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started

@@ -123,7 +123,7 @@ def runner_argv(cfg: Config, args, root: Path | None, out: Path, steps: int | No
     data = {"voc": ["--data", "voc"], "ade20k": ["--data", "ade20k"], "synthetic": []}[cfg.layout]
     steps = steps if steps is not None else args.runner_steps + 3
     argv = ["--preset", "paper", *data, "--variant", variant, "--seed", "0", "--pretrained", "false",
-            "--max-steps", str(steps), "--out", str(out), "--quiet", "--no-figures",
+            "--max-steps", str(steps), "--out", str(out), "--quiet", "--no-figures", "--no-reuse",  # measure training
             *extra]
     if cfg.layout != "synthetic":
         argv += ["--data-root", str(root), "--skip-data-check"]
@@ -324,7 +324,7 @@ def measure_syncs(cfg: Config, args, roots: dict[str, Path], tmp: Path, stem_var
 def quickstart_argv(args, out: Path, steps: int | None = None) -> tuple[str, list[str]]:
     """One cell of the quickstart (``python experiments/aspp_ablation.py``): ASPP-L, seed 0, the
     smoke preset as it runs by default on this machine (``--tiny``: smaller and shorter)."""
-    argv = ["--variant", "ASPP-L", "--seed", "0", "--out", str(out), "--quiet", "--no-figures"]
+    argv = ["--variant", "ASPP-L", "--seed", "0", "--out", str(out), "--quiet", "--no-figures", "--no-reuse"]
     if steps is not None:
         argv += ["--max-steps", str(steps)]
     if args.tiny:
