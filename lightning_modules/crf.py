@@ -79,6 +79,7 @@ class CRFEvaluator(nn.Module):
     """The segmentation metrics after the dense CRF (an :class:`~lightning_modules.metrics.Evaluator`)."""
 
     name = "crf"
+    final_only = True  # the final evaluation only, not every validation during training
 
     def __init__(self, params: CRFParams = CRFParams()) -> None:
         super().__init__()

@@ -66,7 +66,10 @@ class Evaluator(Protocol):
     ``lightning_modules.checkerboard.CheckerboardEvaluator``. Optionally ``per_image()`` returns
     the per-image counts of the evaluator's own predictions (``lightning_modules.per_image``;
     the CRF's), stored as ``last_per_image[key]``; ``module.batch_indices`` holds the batch's
-    dataset indices for it.
+    dataset indices for it. ``final_only = True`` (optional) runs it only when the final weights
+    are evaluated — a stand-alone validate/test, or the training loop's validation at
+    ``max_steps`` — not in the validations along the way (the dense CRF: minutes per pass over
+    VOC val on a CPU, for a number only the final evaluation reports).
     """
 
     name: str | None

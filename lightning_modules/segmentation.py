@@ -43,6 +43,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from datamodules.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
@@ -209,6 +210,7 @@ class SegmentationModule(L.LightningModule):
         self.last_per_image: dict[str, dict] = {}
         self._eval_order: list[int] | None = None  # this process's evaluation indices, in order
         self._eval_seen = 0
+        self._final_eval = True  # this evaluation is of the final weights (final_evaluation)
         self.batch_indices: torch.Tensor | None = None  # dataset indices of the batch being evaluated
         if bn_momentum is not None:  # e.g. DeepLab v3's decay 0.9997 = PyTorch momentum 0.0003
             for m in self._batch_norms():
@@ -321,9 +323,21 @@ class SegmentationModule(L.LightningModule):
         known = torch.tensor(self._eval_order[start:start + n], dtype=torch.long)
         return torch.cat([known, known.new_full((n - len(known),), -1)])
 
+    def final_evaluation(self) -> bool:
+        """Whether this evaluation is of the final weights: by hand, a stand-alone validate/test,
+        or the training loop's validation at ``max_steps`` (then the cell's evaluation)."""
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return True
+        return 0 < self.trainer.max_steps <= self.trainer.global_step
+
+    def active_evaluators(self) -> list:
+        """The evaluators of this evaluation: ``final_only`` ones (the CRF) at the final one only."""
+        return [ev for ev in self.evaluators if self._final_eval or not getattr(ev, "final_only", False)]
+
     def _start_eval(self, stage: str) -> None:
         self.set_eval_stride(True)
         self._eval_seen = 0
+        self._final_eval = self.final_evaluation()
         if self._trainer is None:  # called by hand (experiments.results_folder): positions
             self._eval_order = None
             return
@@ -335,7 +349,7 @@ class SegmentationModule(L.LightningModule):
         probs = self.predict_probs(images)
         self.batch_indices = self._next_indices(len(masks)).to(masks.device)
         self.metrics[stage].update(probs.argmax(1), masks, index=self.batch_indices)
-        for ev in self.evaluators:
+        for ev in self.active_evaluators():
             ev.update(images, probs, masks, self)
 
     def set_eval_stride(self, evaluating: bool) -> None:
@@ -359,7 +373,7 @@ class SegmentationModule(L.LightningModule):
         results = {stage: summarise(self.metrics[stage])}
         per_image = {stage: per_image_counts(self.metrics[stage])}
         self.metrics[stage].reset()
-        for ev in self.evaluators:
+        for ev in self.active_evaluators():
             key = f"{stage}_{ev.name}" if ev.name else stage
             results.setdefault(key, {}).update(ev.compute())
             if hasattr(ev, "per_image"):  # optional: per-image values of the evaluator

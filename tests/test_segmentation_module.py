@@ -189,6 +189,48 @@ def test_frozen_bn_keeps_running_statistics_and_affine_parameters(tmp_path):
     assert len(groups["backbone_bias"]) == 1  # only the conv bias: BN has no trainable parameter
 
 
+class CountingEvaluator(nn.Module):
+    """An evaluator that counts the images it saw per validation."""
+
+    def __init__(self, name: str, final_only: bool) -> None:
+        super().__init__()
+        self.name, self.final_only, self.seen, self.runs = name, final_only, 0, []
+
+    def setup(self, metrics) -> None:
+        pass
+
+    def update(self, images, probs, masks, module) -> None:
+        self.seen += len(images)
+        self.step = module.global_step
+
+    def compute(self) -> dict:
+        self.runs.append((self.step, self.seen))
+        return {"images": self.seen}
+
+    def reset(self) -> None:
+        self.seen = 0
+
+
+def test_final_only_evaluators_run_when_the_final_weights_are_evaluated(tmp_path):
+    """The dense CRF (final_only) runs at the training loop's validation at max_steps and in a
+    stand-alone validate, not in the validations on the way; the others run every time."""
+    final, every = CountingEvaluator("final", True), CountingEvaluator("every", False)
+    assert CRFEvaluator().final_only
+    module = SegmentationModule(Toy(), 3, lr=0.1, evaluators=[final, every])
+    fit = trainer(tmp_path, 4, val_check_interval=2, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    fit.fit(module, toy_loader(), toy_loader(n=2))
+    assert every.runs == [(2, 2), (4, 2)] and final.runs == [(4, 2)]  # (step, images): the CRF at 4 only
+    assert module.last_metrics["val_final"]["images"] == 2
+    fit.validate(module, toy_loader(n=2), verbose=False)
+    assert every.runs[-1] == (4, 2) and final.runs == [(4, 2), (4, 2)]
+    # the last validation of training before max_steps is not the final evaluation
+    final.runs.clear()
+    module = SegmentationModule(Toy(), 3, lr=0.1, evaluators=[final])
+    trainer(tmp_path / "b", 3, val_check_interval=2, check_val_every_n_epoch=None, num_sanity_val_steps=0).fit(
+        module, toy_loader(), toy_loader(n=2))
+    assert final.runs == [] and "val_final" not in module.last_metrics
+
+
 def test_sliding_windows_cover_every_pixel():
     for h, w, crop, stride in [(10, 23, 8, 5), (8, 8, 8, 5), (31, 17, 9, 6)]:
         cover = torch.zeros(h, w)

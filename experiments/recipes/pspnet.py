@@ -18,7 +18,10 @@ PAPER = Recipe(
     data=Data(crop_size=473, global_batch=16, scale_range=(0.5, 2.0), augment="pspnet"),
     optim=Optim(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, lr_schedule="poly", poly_power=0.9,
                 head_lr_mult=10.0, aux_weight=0.4),
-    trainer=Trainer(max_steps=150000),
+    # hszhao/semseg does not validate while training (evaluate: False) and tests once at the end;
+    # each validation here is that whole test (2,000 images, sliding windows, flips): every 15K
+    # steps (10 in all, the last one the evaluation) instead of the default 2K (75)
+    trainer=Trainer(max_steps=150000, val_every=15000),
     eval=Eval(mode="semseg", base_size=SEMSEG_BASE_SIZE, window=SEMSEG_WINDOW, flip=True),
     notes=(
         "pretrained: timm's resnet50s.gluon_in1k deep-stem weights, not the authors' resnet50_v2.pth",
