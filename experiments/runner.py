@@ -439,9 +439,13 @@ def dry_run(ablation: Ablation, args: argparse.Namespace, run: Run) -> list[dict
     eval_only = sum(1 for c in cards if c.get("weights_from"))
     skipped = ([f"{eval_only} evaluation-only"] if eval_only else []) + (
         [f"{len(twins)} reusing the weights of a finished cell of another table"] if twins else [])
+    passes = SweepClock([c["max_steps"] if c in trained else 0 for c in cards],
+                        val_every=[c["val_every"] for c in cards])
+    evaluations = [passes.validations_left(i) for i in range(len(cards))]
     print(f"\n{len(cards)} cells" + (f" ({', '.join(skipped)}: they train nothing)" if skipped else "")
-          + f", {steps:,} optimiser steps, {images:,} training images in total "
-          f"(results would go to {args.out / ablation.name / dataset_key(ablation, run)}).")
+          + f", {steps:,} optimiser steps, {images:,} training images and {sum(evaluations):,} passes over "
+          f"the validation set ({sum(evaluations) - len(cards):,} of them during training, every val_every "
+          f"steps) in total (results would go to {args.out / ablation.name / dataset_key(ablation, run)}).")
     notes = sorted({n for c in cards for n in c["notes"]})
     if notes:
         print("Known deviations from the paper (recipe notes):\n" + "\n".join(f"  - {n}" for n in notes))

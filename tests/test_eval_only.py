@@ -79,6 +79,10 @@ def test_dry_run_counts_no_steps_for_evaluation_only_cells(capsys):
     assert "whole, OS 8 |" in out
     # 6 cells, 2 of them evaluation-only: 4 x 6 steps x batch 2
     assert "6 cells (2 evaluation-only: they train nothing), 24 optimiser steps, 48 training images" in out
+    assert "and 6 passes over the validation set (0 of them during training" in out
+    # validating every 2 of the 6 steps: 3 passes per training cell (the last one its evaluation)
+    main(TINY, ["--dry-run", "--seeds", "0", "1", "--set", "trainer.val_every=2"])
+    assert "and 14 passes over the validation set (8 of them during training" in capsys.readouterr().out
 
 
 def test_eval_label_names_stride_crf_and_weights():
