@@ -3,7 +3,8 @@
 :class:`SweepClock` knows how many optimiser steps every cell of a sweep still has to run and
 how often it validates, and measures the rate of the steps that ran, after ``warmup`` steps of
 each cell (start-up, cuDNN autotuning, first-batch allocation) and without the time spent in
-validation or checkpoints, and the duration of each validation. The cell's ETA is its remaining
+validation (the periodic checkpoints count, amortised in the rate), and the duration of each
+validation. The cell's ETA is its remaining
 steps at the current cell's rate plus its remaining validations (every ``val_every`` steps, the
 last one the cell's evaluation; one for a cell that trains nothing) at its measured validation
 time; the sweep's adds the cells not started yet at the mean rate and mean validation time
@@ -162,8 +163,9 @@ class _Timing(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         self.sweep.validation_end()
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        self.sweep.pause()
+    # No pause on a checkpoint: the periodic saves (a full training state every checkpoint_every
+    # steps, hundreds of MB on the paper models) are part of the wall time the ETAs plan for, so
+    # the step they follow keeps its interval (the img/s of metrics.json leaves them out).
 
 
 class StepProgressBar(TQDMProgressBar):
