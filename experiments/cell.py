@@ -49,7 +49,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.card import Cell, Run, differences, runs_on_gpu, training_differences
-from experiments.checkpoints import AtomicCheckpointIO, BestCheckpoint, ResultsTrainer, resume_checkpoint
+from experiments.checkpoints import BackgroundCheckpointIO, BestCheckpoint, ResultsTrainer, resume_checkpoint
 from experiments.distributed import RNGState, SyncBatchNormCount, SyncBatchNormPlugin
 from experiments.lock import CellLock, describe
 from experiments.progress import SweepClock
@@ -122,6 +122,7 @@ def train(trainer: ResultsTrainer, module, datamodule, run_dir: Path) -> Path:
                     weights_only=True)
     except SIGTERMException:
         # Lightning stopped after the current step; no result is written, a rerun resumes.
+        wait_for_checkpoints(trainer)  # a periodic checkpoint still being written: finish it
         if trainer.is_global_zero:
             print(f"[interrupted] {run_dir}: SIGTERM; rerun the same command to resume")
         raise SystemExit(128 + signal.SIGTERM) from None
@@ -130,7 +131,15 @@ def train(trainer: ResultsTrainer, module, datamodule, run_dir: Path) -> Path:
     # hpc_ckpt_<n>.ckpt instead of the weights just trained.
     final = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(final, weights_only=False)
+    wait_for_checkpoints(trainer)  # on disk before the evaluation and metrics.json
     return final
+
+
+def wait_for_checkpoints(trainer) -> None:
+    """Until every checkpoint queued for writing is on disk (a failed write is raised here)."""
+    io = trainer.strategy.checkpoint_io
+    if isinstance(io, BackgroundCheckpointIO):
+        io.wait()
 
 
 class FinalValidation(L.Callback):
@@ -262,7 +271,7 @@ def _run_cell(card: dict[str, Any], cell: Cell, run: Run, run_dir: Path, make_da
         accelerator=run.accelerator, devices=run.devices, num_nodes=run.num_nodes,
         # "ddp", never "ddp_spawn": the spawn launcher's metric state double-counts on CPU
         strategy="ddp" if world > 1 else "auto",
-        plugins=[AtomicCheckpointIO(), *([sync_plugin] if sync_bn else [])],
+        plugins=[BackgroundCheckpointIO(), *([sync_plugin] if sync_bn else [])],
         precision=tr.precision, max_steps=tr.max_steps, accumulate_grad_batches=tr.accumulate,
         # Lightning counts val_check_interval in batches, val_every is in optimiser steps
         val_check_interval=min(tr.val_every, tr.max_steps) * tr.accumulate, check_val_every_n_epoch=None,

@@ -193,3 +193,64 @@ def test_a_run_never_executes_a_planted_checkpoint(tmp_path):
     assert "moved aside to last.ckpt.corrupt-" in log and "[resume]" not in log
     assert "was not set" not in log
     assert load_checkpoint(d / "checkpoints" / "last.ckpt")["global_step"] == 16
+
+
+def test_background_writes_hold_the_state_at_the_call_and_wait_raises_a_failed_one(tmp_path, monkeypatch):
+    """Checkpoints are written in a background thread (the training loop does not wait for the
+    disk): the file holds the tensors as they were when the save was called, writes land in
+    order, ``wait`` returns once they are on disk, and a failed write is raised, not lost."""
+    import threading
+    import time
+
+    from experiments.checkpoints import BackgroundCheckpointIO
+
+    release = threading.Event()
+    original = AtomicCheckpointIO.save_checkpoint
+
+    def slow(self, checkpoint, path, storage_options=None):
+        release.wait(5)
+        return original(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", slow)
+    io = BackgroundCheckpointIO()
+    weights = torch.zeros(3)
+    io.save_checkpoint({"state_dict": {"w": weights}, "global_step": 1}, tmp_path / "last.ckpt")
+    weights += 1  # the next optimiser step, while the first write is queued
+    io.save_checkpoint({"state_dict": {"w": weights}, "global_step": 2}, tmp_path / "best.ckpt")
+    assert not (tmp_path / "last.ckpt").exists()  # returned before writing
+    release.set()
+    io.wait()
+    assert torch.equal(load_checkpoint(tmp_path / "last.ckpt")["state_dict"]["w"], torch.zeros(3))
+    assert torch.equal(load_checkpoint(tmp_path / "best.ckpt")["state_dict"]["w"], torch.ones(3))
+    # SLURM's checkpoint, written as the job is requeued: on disk when the call returns
+    io.save_checkpoint({"global_step": 3}, tmp_path / "hpc_ckpt_1.ckpt")
+    assert load_checkpoint(tmp_path / "hpc_ckpt_1.ckpt")["global_step"] == 3
+
+    def full_disk(self, checkpoint, path, storage_options=None):
+        time.sleep(0.05)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", full_disk)
+    io.save_checkpoint({"global_step": 4}, tmp_path / "last.ckpt")
+    with pytest.raises(OSError, match="No space left"):
+        io.wait()
+    assert load_checkpoint(tmp_path / "last.ckpt")["global_step"] == 1  # the previous one, whole
+
+
+def test_a_cell_writes_its_checkpoints_in_the_background_and_waits_for_the_final_one(tmp_path, monkeypatch):
+    from experiments.checkpoints import BackgroundCheckpointIO
+    from experiments.runner import main
+    from tests.test_final_validation import TINY
+
+    seen = []
+    original = BackgroundCheckpointIO.wait
+
+    def wait(self):
+        seen.append(type(self))
+        return original(self)
+
+    monkeypatch.setattr(BackgroundCheckpointIO, "wait", wait)
+    main(TINY, ["--out", str(tmp_path), "--quiet", "--seeds", "0", "--no-figures"])
+    cell = tmp_path / "finalval" / "synthetic_thin-smoke" / "OS 16" / "seed0"
+    assert seen and (cell / "metrics.json").is_file()
+    assert load_checkpoint(cell / "checkpoints" / "last.ckpt")["global_step"] == 6
