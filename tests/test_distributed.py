@@ -257,3 +257,25 @@ def test_torchrun_launch_trains_with_ddp_and_writes_the_table_once(tmp_path):
     metrics = json.loads((cell_dir(out, "FCN 8s", 0) / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 2 and metrics["sync_batchnorm_layers"] > 0
     assert log.count("| FCN 8s |") == 1 and log.count("=" * 100 + "\nSMOKE PRESET") == 1
+
+    # the same cell of "another table" (a copy under another ablation's name): under DDP, both
+    # processes evaluate its weights and rank 0 links them (experiments/reuse.py)
+    import shutil
+
+    cell = cell_dir(out, "FCN 8s", 0)
+    other = out.joinpath("another", *cell.relative_to(out).parts[1:])  # <dataset>/FCN 8s/seed0
+    shutil.copytree(cell, other)
+    config = json.loads((other / "config.json").read_text())
+    config["card"]["ablation"] = "another"
+    (other / "config.json").write_text(json.dumps(config))
+    shutil.rmtree(cell)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(script), "--quiet", "--out", str(out), "--variant", "FCN 8s", "--seed", "0",
+         "--devices", "2", "--accelerator", "cpu", "--max-steps", "2"],
+        cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    again = json.loads((cell / "metrics.json").read_text())
+    assert again["reused_weights"]["ablation"] == "another" and again["val"] == metrics["val"]
+    assert log.count("[reuse] ") == 1 and (cell / "checkpoints" / "last.ckpt").is_file()
