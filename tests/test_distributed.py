@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -242,11 +243,8 @@ def test_slurm_scripts_parse_and_dry_run_submits_the_unfinished_cells(tmp_path):
     assert refused.returncode == 2 and "skips SLURM detection" in refused.stderr
 
 
-@pytest.mark.slow
-def test_torchrun_launch_trains_with_ddp_and_writes_the_table_once(tmp_path):
-    """torchrun (non-SLURM clusters) starts both processes itself; rank 1 knows it is not rank 0
-    before any Trainer exists (RANK), so only rank 0 prints the banner and writes the table."""
-    script, out = write_script(tmp_path), tmp_path / "out"
+def torchrun_cell(script, out) -> str:
+    """One cell ("FCN 8s", seed 0) on 2 CPU processes started by torchrun; its output."""
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(script), "--quiet", "--out", str(out), "--variant", "FCN 8s", "--seed", "0",
@@ -254,14 +252,21 @@ def test_torchrun_launch_trains_with_ddp_and_writes_the_table_once(tmp_path):
         cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
+    return log
+
+
+@pytest.mark.slow
+def test_torchrun_launch_trains_with_ddp_and_writes_the_table_once(tmp_path):
+    """torchrun (non-SLURM clusters) starts both processes itself; rank 1 knows it is not rank 0
+    before any Trainer exists (RANK), so only rank 0 prints the banner and writes the table."""
+    script, out = write_script(tmp_path), tmp_path / "out"
+    log = torchrun_cell(script, out)
     metrics = json.loads((cell_dir(out, "FCN 8s", 0) / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 2 and metrics["sync_batchnorm_layers"] > 0
     assert log.count("| FCN 8s |") == 1 and log.count("=" * 100 + "\nSMOKE PRESET") == 1
 
     # the same cell of "another table" (a copy under another ablation's name): under DDP, both
     # processes evaluate its weights and rank 0 links them (experiments/reuse.py)
-    import shutil
-
     cell = cell_dir(out, "FCN 8s", 0)
     other = out.joinpath("another", *cell.relative_to(out).parts[1:])  # <dataset>/FCN 8s/seed0
     shutil.copytree(cell, other)
@@ -269,13 +274,7 @@ def test_torchrun_launch_trains_with_ddp_and_writes_the_table_once(tmp_path):
     config["card"]["ablation"] = "another"
     (other / "config.json").write_text(json.dumps(config))
     shutil.rmtree(cell)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(script), "--quiet", "--out", str(out), "--variant", "FCN 8s", "--seed", "0",
-         "--devices", "2", "--accelerator", "cpu", "--max-steps", "2"],
-        cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    log = torchrun_cell(script, out)
     again = json.loads((cell / "metrics.json").read_text())
     assert again["reused_weights"]["ablation"] == "another" and again["val"] == metrics["val"]
     assert log.count("[reuse] ") == 1 and (cell / "checkpoints" / "last.ckpt").is_file()
